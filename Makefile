@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export PYTHONPATH := $(CURDIR):$(CURDIR)/services/ingress:$(CURDIR)/services/billing:$(CURDIR)/services/usage-sync
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test bench venv clean help
+
+help:
+	@echo "make run    the whole stack (embedded NATS + PostgreSQL where NATS_URL / DATABASE_URL are unset)"
+	@echo "make test   the test suite against real NATS and PostgreSQL"
+	@echo "make bench  the benchmarks under bench/"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+run: $(STAMP)
+	exec $(BIN)/python -m shared.stack
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache test-output

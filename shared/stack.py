@@ -1,0 +1,204 @@
+"""`make run`: the whole stack on one machine, with the operator watching.
+
+Starts embedded NATS / PostgreSQL where `NATS_URL` / `DATABASE_URL` are unset (data under `.data/`, so a restart keeps
+state), applies migrations and the NATS topology, then runs ingress, billing and usage-sync as separate processes,
+streaming their log lines tagged with the service's name. Ctrl-C (or SIGTERM) stops the services, then the servers.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from shared import topology
+from shared.db.migrate import migrate
+from shared.embedded import EmbeddedNats, EmbeddedPostgres, port_free
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".data"
+STOP_BUDGET = 10.0  # seconds from Ctrl-C to everything gone
+READY_TIMEOUT = 60.0
+
+_print_lock = threading.Lock()
+
+
+def say(line: str, tag: str = "stack") -> None:
+    with _print_lock:
+        print(f"{tag:<10} | {line}", flush=True)
+
+
+@dataclass
+class Child:
+    name: str
+    module: str
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _stream(child: Child) -> None:
+    assert child.proc and child.proc.stdout
+    for raw in child.proc.stdout:
+        say(raw.decode(errors="replace").rstrip("\n"), child.name)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _pick_port(preferred: int) -> int:
+    from shared.embedded import free_port
+
+    return preferred if port_free(preferred) else free_port()
+
+
+def _webhook_secret(env: dict[str, str]) -> tuple[str, str]:
+    if env.get("POLAR_WEBHOOK_SECRET"):
+        return env["POLAR_WEBHOOK_SECRET"], "from your environment"
+    path = DATA / "webhook_secret"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        path.write_text("whsec_" + secrets.token_urlsafe(24).replace("-", "").replace("_", "")[:32] + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip(), f"generated for local use, kept in {path.relative_to(ROOT)}"
+
+
+async def _prepare(nats_url: str, database_url: str) -> list[int]:
+    applied = await migrate(database_url)
+    await topology.apply(nats_url)
+    return applied
+
+
+def run() -> int:
+    started = time.monotonic()
+    # The environment wins over .env, as pydantic-settings does in each service.
+    env = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None} | dict(os.environ)
+    servers: list[EmbeddedNats | EmbeddedPostgres] = []
+    children: list[Child] = []
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    try:
+        if not env.get("NATS_URL"):
+            nats = EmbeddedNats(DATA / "nats", port=_pick_port(4222))
+            servers.append(nats)
+            env["NATS_URL"] = nats.start()
+            say(f"NATS (embedded, JetStream, data in .data/nats) on {env['NATS_URL']}")
+        else:
+            say("NATS: using NATS_URL from your environment")
+        if not env.get("DATABASE_URL"):
+            pg = EmbeddedPostgres(DATA / "postgres", port=_pick_port(5432))
+            servers.append(pg)
+            env["DATABASE_URL"] = pg.start()
+            say(f"PostgreSQL (embedded, data in .data/postgres) on {env['DATABASE_URL']}")
+        else:
+            say("PostgreSQL: using DATABASE_URL from your environment")
+
+        applied = asyncio.run(_prepare(env["NATS_URL"], env["DATABASE_URL"]))
+        say(f"migrations: {'applied ' + ', '.join(f'{v:04d}' for v in applied) if applied else 'up to date'}; "
+            "NATS streams and consumers in place")
+
+        secret, origin = _webhook_secret(env)
+        env["POLAR_WEBHOOK_SECRET"] = secret
+        if env.get("POLAR_ACCESS_TOKEN"):
+            say(f"Polar: {env.get('POLAR_SERVER', 'sandbox')} (POLAR_ACCESS_TOKEN is set)")
+        else:
+            say("Polar: not configured (POLAR_ACCESS_TOKEN unset, and the Polar emulator has not landed yet); "
+                "usage stays unsynced and checkout / portal links answer polar_not_configured")
+        say(f"webhook secret ({origin}): {secret}")
+
+        ingress_port = int(env.get("INGRESS_PORT", "8000"))
+        children = [
+            Child("ingress", "ingress", ingress_port),
+            Child("billing", "billing", _pick_port(int(env.get("BILLING_HTTP_PORT", "8081")))),
+            Child("usage-sync", "usage_sync", _pick_port(int(env.get("USAGE_SYNC_HTTP_PORT", "8082")))),
+        ]
+        env["BILLING_HTTP_PORT"] = str(children[1].port)
+        env["USAGE_SYNC_HTTP_PORT"] = str(children[2].port)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))]
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        for child in children:
+            # Own session: Ctrl-C reaches only this supervisor, which stops the services in order.
+            child.proc = subprocess.Popen([sys.executable, "-m", child.module], env=env, cwd=ROOT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            threading.Thread(target=_stream, args=(child,), daemon=True).start()
+
+        pending = {c.name: c for c in children}
+        deadline = time.monotonic() + READY_TIMEOUT
+        while pending and not stop.is_set():
+            for name, child in list(pending.items()):
+                if child.proc and child.proc.poll() is not None:
+                    say(f"{name} exited with code {child.proc.returncode} while starting")
+                    return 1
+                if _ready(child.base_url):
+                    del pending[name]
+            if time.monotonic() > deadline:
+                say(f"not ready after {READY_TIMEOUT:.0f}s: {', '.join(pending)}")
+                return 1
+            time.sleep(0.1)
+        if stop.is_set():
+            return 0
+
+        say(f"all services ready in {time.monotonic() - started:.1f}s")
+        say(f"  ingress     {children[0].base_url}   webhooks: POST /webhooks/polar   health: /healthz /readyz /metrics")
+        say(f"  billing     {children[1].base_url}   health: /healthz /readyz /metrics   rpc: billing.rpc.*")
+        say(f"  usage-sync  {children[2].base_url}   health: /healthz /readyz /metrics   consumes usage.event.>")
+        say("Ctrl-C stops everything")
+
+        while not stop.wait(0.5):
+            for child in children:
+                if child.proc and child.proc.poll() is not None:
+                    say(f"{child.name} exited unexpectedly with code {child.proc.returncode}; stopping the stack")
+                    return 1
+        return 0
+    finally:
+        _shutdown(children, servers)
+
+
+def _shutdown(children: list[Child], servers: list[EmbeddedNats | EmbeddedPostgres]) -> None:
+    t0 = time.monotonic()
+    running = [c for c in children if c.proc and c.proc.poll() is None]
+    if running or servers:
+        say("stopping...")
+    for child in running:
+        child.proc.send_signal(signal.SIGTERM)
+    service_budget = STOP_BUDGET - 2.0  # leave time for the servers
+    for child in running:
+        try:
+            child.proc.wait(max(0.1, service_budget - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            say(f"{child.name} did not stop in time; killing it")
+            child.proc.kill()
+            child.proc.wait()
+    for server in reversed(servers):
+        server.stop(timeout=max(0.5, STOP_BUDGET - (time.monotonic() - t0) - 0.5))
+    if running or servers:
+        say(f"stopped in {time.monotonic() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

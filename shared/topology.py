@@ -1,0 +1,160 @@
+"""Every JetStream stream, durable consumer and subject of the system, declared once and applied idempotently.
+
+Services call `ensure_topology()` at start-up and subscribe with `declare=False`: a FastStream `JStream` that declares
+would silently rewrite the stream's config with its own defaults (notes: faststream-nats.md §1.2).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600
+
+# --- subjects -------------------------------------------------------------------------------------------------
+WEBHOOK_SUBJECT_PREFIX = "polar.webhook"  # polar.webhook.<event type>
+USAGE_SUBJECT_PREFIX = "usage.event"  # usage.event.<user id>
+BILLING_EVENT_PREFIX = "billing.event"  # billing.event.<kind>
+RPC_PREFIX = "billing.rpc"  # billing.rpc.<verb>, core request/reply
+DEAD_LETTER_PREFIX = "deadletter"  # deadletter.<consumer>.<original subject>
+
+RPC_QUEUE = "billing"
+
+
+def webhook_subject(event_type: str) -> str:
+    return f"{WEBHOOK_SUBJECT_PREFIX}.{event_type}"
+
+
+def usage_subject(user_id: str) -> str:
+    return f"{USAGE_SUBJECT_PREFIX}.{user_id}"
+
+
+def dead_letter_subject(consumer: str, subject: str) -> str:
+    return f"{DEAD_LETTER_PREFIX}.{consumer}.{subject}"
+
+
+def rpc_subject(verb: str) -> str:
+    return f"{RPC_PREFIX}.{verb}"
+
+
+# --- streams --------------------------------------------------------------------------------------------------
+POLAR_WEBHOOKS = StreamConfig(
+    name="POLAR_WEBHOOKS",
+    subjects=[f"{WEBHOOK_SUBJECT_PREFIX}.>"],
+    storage=StorageType.FILE,
+    retention=RetentionPolicy.LIMITS,
+    discard=DiscardPolicy.OLD,
+    max_age=30 * DAY,
+    # Polar retries one event for ~17–34 min; a day covers that with room. Later manual redeliveries are caught by
+    # the webhook_log primary key.
+    duplicate_window=DAY,
+)
+USAGE = StreamConfig(
+    name="USAGE",
+    subjects=[f"{USAGE_SUBJECT_PREFIX}.>"],
+    storage=StorageType.FILE,
+    retention=RetentionPolicy.LIMITS,
+    discard=DiscardPolicy.OLD,
+    max_age=14 * DAY,
+    duplicate_window=2 * 3600,  # a chat service's retries of one event; the ledger's primary key covers the rest
+)
+BILLING_EVENTS = StreamConfig(
+    name="BILLING_EVENTS",
+    subjects=[f"{BILLING_EVENT_PREFIX}.>"],
+    storage=StorageType.FILE,
+    retention=RetentionPolicy.LIMITS,
+    discard=DiscardPolicy.OLD,
+    max_age=7 * DAY,
+    duplicate_window=3600,
+)
+DEAD_LETTERS = StreamConfig(
+    name="DEAD_LETTERS",
+    subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+    storage=StorageType.FILE,
+    retention=RetentionPolicy.LIMITS,
+    discard=DiscardPolicy.OLD,
+    max_age=30 * DAY,
+    duplicate_window=3600,
+)
+STREAMS: tuple[StreamConfig, ...] = (POLAR_WEBHOOKS, USAGE, BILLING_EVENTS, DEAD_LETTERS)
+
+
+# --- durable consumers ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Durable:
+    stream: str
+    config: ConsumerConfig
+
+    @property
+    def name(self) -> str:
+        assert self.config.durable_name
+        return self.config.durable_name
+
+
+BILLING_WEBHOOKS = Durable(
+    POLAR_WEBHOOKS.name,
+    ConsumerConfig(
+        name="billing",
+        durable_name="billing",
+        filter_subject=f"{WEBHOOK_SUBJECT_PREFIX}.>",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=-1,  # the app decides when to dead-letter; an outage must never exhaust deliveries
+        max_ack_pending=1,  # one in flight: stream order holds, retries included (notes §5.2)
+    ),
+)
+USAGE_SYNC = Durable(
+    USAGE.name,
+    ConsumerConfig(
+        name="usage-sync",
+        durable_name="usage-sync",
+        filter_subject=f"{USAGE_SUBJECT_PREFIX}.>",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=60,
+        max_deliver=-1,
+        max_ack_pending=4000,  # >= 2 x the batch size, or batches never fill (notes §1.3)
+    ),
+)
+DURABLES: tuple[Durable, ...] = (BILLING_WEBHOOKS, USAGE_SYNC)
+
+STREAM_UPDATE_IN_USE = 10058  # "stream name already in use with a different configuration"
+
+
+async def ensure_topology(js: JetStreamContext) -> None:
+    """Create or reconcile every stream and durable. Running it again with the same definitions changes nothing."""
+    for cfg in STREAMS:
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_UPDATE_IN_USE:
+                raise
+            await js.update_stream(cfg)
+            log.warning("nats.stream_updated", extra={"stream": cfg.name})
+    for durable in DURABLES:
+        # Same name => the server updates the editable fields; nats-py's pull_subscribe never would.
+        await js.add_consumer(durable.stream, durable.config)
+
+
+async def apply(nats_url: str) -> None:
+    """Apply the topology over a short-lived connection (used before a broker starts)."""
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=3, name="topology")
+    try:
+        await ensure_topology(nc.jetstream(timeout=10))
+    finally:
+        await nc.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -192,6 +193,10 @@ def serve(app: Starlette, host: str, port: int) -> None:
         access_log=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once shutdown is done, which would end us with -15 instead of 0.
+    # With these handlers in place the re-raise is a no-op and the clean shutdown exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if not server.started:
         raise SystemExit(3)

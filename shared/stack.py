@@ -25,7 +25,8 @@ from shared.db.migrate import migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / ".data"
+# STACK_DATA_DIR moves the embedded servers' data (tests run a stack of their own beside yours).
+DATA = Path(os.environ.get("STACK_DATA_DIR", ROOT / ".data")).resolve()
 STOP_BUDGET = 10.0  # seconds from Ctrl-C to everything gone
 READY_TIMEOUT = 60.0
 
@@ -77,7 +78,7 @@ def _webhook_secret(env: dict[str, str]) -> tuple[str, str]:
         DATA.mkdir(parents=True, exist_ok=True)
         path.write_text("whsec_" + secrets.token_urlsafe(24).replace("-", "").replace("_", "")[:32] + "\n")
         path.chmod(0o600)
-    return path.read_text().strip(), f"generated for local use, kept in {path.relative_to(ROOT)}"
+    return path.read_text().strip(), f"generated for local use, kept in {path}"
 
 
 async def _prepare(nats_url: str, database_url: str) -> list[int]:

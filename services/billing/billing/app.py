@@ -1,8 +1,18 @@
 """Wiring only: the runtime, the subscribers, the lifespan."""
+from __future__ import annotations
+
+import asyncio
+
+from faststream import AckPolicy
+from faststream.nats import JStream, PullSub
+from faststream.nats.annotations import NatsMessage as CurrentMessage
 from starlette.applications import Starlette
 
-from shared.service import new_runtime, service_app
+from shared import topology
+from shared.plans import PlanCatalog
+from shared.service import Runtime, new_runtime, service_app
 
+from . import cron, handlers
 from .settings import BillingSettings
 
 SERVICE = "billing"
@@ -10,4 +20,25 @@ SERVICE = "billing"
 
 def build_app(settings: BillingSettings) -> Starlette:
     rt = new_runtime(SERVICE, settings)
-    return service_app(rt)
+    rt.extra["catalog"] = PlanCatalog(settings.polar_pro_product_id, settings.polar_team_product_id)
+    broker = rt.broker
+
+    @broker.subscriber(
+        f"{topology.WEBHOOK_SUBJECT_PREFIX}.>",
+        stream=JStream(topology.POLAR_WEBHOOKS.name, declare=False),
+        durable=topology.BILLING_WEBHOOKS.name,
+        pull_sub=PullSub(batch_size=1, timeout=5.0),  # one at a time: stream order (the consumer allows 1 in flight)
+        ack_policy=AckPolicy.MANUAL,
+    )
+    async def on_webhook(msg: CurrentMessage) -> None:
+        await handlers.on_webhook(msg, rt)
+
+    async def start_jobs(rt: Runtime) -> None:
+        rt.extra["jobs"] = [asyncio.create_task(cron.retention_loop(rt, settings.webhook_log_retention_days))]
+
+    async def stop_jobs(rt: Runtime) -> None:
+        for task in rt.extra.get("jobs", []):
+            task.cancel()
+
+    return service_app(rt, on_start=[start_jobs], on_stop=[stop_jobs])
+

@@ -1,6 +1,7 @@
 -- Tables owned by billing. Polar ids are text; money is integer cents; time is timestamptz.
 -- Every Polar-derived row keeps `version`: the modified_at / created_at / envelope timestamp it was built from,
 -- so an UPDATE ... WHERE version < $incoming rejects an older snapshot (late retries, out-of-order delivery).
+-- `event_ts` (the envelope timestamp) breaks ties: two events with the same modified_at apply in emit order.
 
 CREATE TABLE webhook_log (
     webhook_id    text PRIMARY KEY,                       -- Polar's `webhook-id`: the same across retries
@@ -22,6 +23,7 @@ CREATE TABLE customers (
     user_id       text,                                   -- our user id = Polar external_id
     deleted_at    timestamptz,
     version       timestamptz NOT NULL,
+    event_ts       timestamptz NOT NULL DEFAULT '-infinity',
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -49,6 +51,7 @@ CREATE TABLE subscriptions (
     ended_at              timestamptz,
     checkout_id           text,
     version               timestamptz NOT NULL,
+    event_ts               timestamptz NOT NULL DEFAULT '-infinity',
     created_at            timestamptz NOT NULL DEFAULT now(),
     updated_at            timestamptz NOT NULL DEFAULT now()
 );
@@ -62,6 +65,7 @@ CREATE TABLE checkouts (
     status        text NOT NULL,
     subscription_id text,
     version       timestamptz NOT NULL,
+    event_ts       timestamptz NOT NULL DEFAULT '-infinity',
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -80,6 +84,7 @@ CREATE TABLE orders (
     refunded_amount_cents  bigint NOT NULL DEFAULT 0,
     currency               text,
     version                timestamptz NOT NULL,
+    event_ts                timestamptz NOT NULL DEFAULT '-infinity',
     created_at             timestamptz NOT NULL DEFAULT now(),
     updated_at             timestamptz NOT NULL DEFAULT now()
 );
@@ -98,6 +103,7 @@ CREATE TABLE meter_credits (
     granted_at       timestamptz,
     revoked_at       timestamptz,
     version          timestamptz NOT NULL,
+    event_ts          timestamptz NOT NULL DEFAULT '-infinity',
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );

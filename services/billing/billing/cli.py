@@ -1,0 +1,75 @@
+"""The operator's billing commands.
+
+    python -m billing.cli replay <webhook-id> [<webhook-id> ...]   re-apply logged webhooks (monotonic: never regresses)
+    python -m billing.cli replay --failed                          re-run every webhook whose log row says `failed`
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from shared.logs import setup_logging
+from shared.plans import PlanCatalog
+from shared.service import new_runtime
+from shared.settings import load_settings
+
+from . import repository as repo
+from .handlers import publish_changes
+from .settings import BillingSettings
+from .webhooks import process_webhook
+
+
+async def replay(settings: BillingSettings, ids: list[str], failed: bool) -> int:
+    import asyncpg
+
+    rt = new_runtime("billing-cli", settings)
+    catalog = PlanCatalog(settings.polar_pro_product_id, settings.polar_team_product_id)
+    conn = await asyncpg.connect(settings.database_url)
+    await rt.broker.connect()
+    errors = 0
+    try:
+        from shared.db import _init_connection
+
+        await _init_connection(conn)
+        if failed:
+            ids = ids + await repo.failed_webhook_ids(conn)
+        for webhook_id in ids:
+            row = await repo.get_webhook(conn, webhook_id)
+            if row is None or row["payload"] is None:
+                print(f"{webhook_id}: not in the webhook log (or its payload is past retention)")
+                errors += 1
+                continue
+            try:
+                outcome = await process_webhook(conn, catalog, webhook_id, row["payload"], replay=True)
+                await publish_changes(rt, outcome)
+                print(f"{webhook_id}: {outcome.status}" + (f" ({outcome.note})" if outcome.note else ""))
+            except Exception as exc:  # noqa: BLE001 - reported per id, the others still run
+                await repo.record_failure(conn, webhook_id, row["type"], row["payload"], f"{type(exc).__name__}: {exc}",
+                                          row["attempts"] + 1)
+                print(f"{webhook_id}: failed: {type(exc).__name__}: {exc}")
+                errors += 1
+    finally:
+        rt.extra["broker_state"]["stopping"] = True
+        await rt.broker.stop()
+        await conn.close()
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m billing.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("replay", help="re-apply logged webhooks")
+    rp.add_argument("webhook_ids", nargs="*")
+    rp.add_argument("--failed", action="store_true", help="every webhook whose log row says failed")
+    args = parser.parse_args(argv)
+    if not args.webhook_ids and not args.failed:
+        parser.error("name webhook ids or pass --failed")
+    settings = load_settings(BillingSettings, "billing")
+    setup_logging("billing-cli", "WARNING")
+    return asyncio.run(replay(settings, args.webhook_ids, args.failed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

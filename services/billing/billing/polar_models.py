@@ -1,0 +1,140 @@
+"""Our own tolerant models of Polar's webhook payloads (polar-sdk 1.0.2's are strict and cannot parse
+`customer.state_changed` with an active subscription: polar-api.md §2.5).
+
+Unknown fields are ignored, `api_version` is optional, enum-like fields are plain text so a new value survives.
+Only what billing stores is modelled.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Tolerant(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Envelope(_Tolerant):
+    type: str
+    timestamp: datetime
+    api_version: str | None = None
+    data: dict[str, Any]
+
+
+class _Versioned(_Tolerant):
+    id: str
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+
+    def version(self, envelope_ts: datetime) -> datetime:
+        """What the row is built from: modified_at, else created_at, else the envelope timestamp."""
+        return self.modified_at or self.created_at or envelope_ts
+
+
+class CustomerRef(_Tolerant):
+    id: str
+    external_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    deleted_at: datetime | None = None
+
+    @property
+    def user_id(self) -> str | None:
+        # On soft delete Polar moves external_id into metadata["__external_id"] (polar-api.md §3.4).
+        return self.external_id or self.metadata.get("__external_id")
+
+
+class Customer(_Versioned, CustomerRef):
+    pass
+
+
+class Subscription(_Versioned):
+    status: str
+    customer_id: str
+    product_id: str
+    amount: int | None = None
+    currency: str | None = None
+    recurring_interval: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    started_at: datetime | None = None
+    ends_at: datetime | None = None
+    ended_at: datetime | None = None
+    checkout_id: str | None = None
+    customer: CustomerRef | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Checkout(_Versioned):
+    status: str
+    product_id: str | None = None
+    external_customer_id: str | None = None
+    customer_id: str | None = None
+    subscription_id: str | None = None
+
+
+class Order(_Versioned):
+    status: str
+    customer_id: str
+    product_id: str | None = None
+    subscription_id: str | None = None
+    billing_reason: str | None = None
+    paid: bool = False
+    total_amount: int = 0
+    refunded_amount: int = 0
+    currency: str | None = None
+    customer: CustomerRef | None = None
+
+
+class Benefit(_Tolerant):
+    id: str
+    type: str
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class BenefitGrant(_Versioned):
+    customer_id: str
+    subscription_id: str | None = None
+    benefit_id: str
+    granted_at: datetime | None = None
+    is_revoked: bool = False
+    revoked_at: datetime | None = None
+    benefit: Benefit
+    customer: CustomerRef | None = None
+
+
+class StateSubscription(_Tolerant):
+    id: str
+    status: str
+    product_id: str
+    amount: int | None = None
+    currency: str | None = None
+    recurring_interval: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    started_at: datetime | None = None
+    ends_at: datetime | None = None
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+
+
+class CustomerState(Customer):
+    active_subscriptions: list[StateSubscription] = Field(default_factory=list)
+
+
+# Fields never stored: Polar's payloads carry them, our webhook log must not (CONVENTIONS: Database).
+REDACTED_KEYS = frozenset({"billing_address", "tax_id", "customer_billing_address", "customer_tax_id",
+                           "customer_ip_address", "customer_portal_url", "client_secret"})
+
+
+def redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if k in REDACTED_KEYS and v is not None else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value

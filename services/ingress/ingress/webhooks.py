@@ -1,0 +1,134 @@
+"""POST /webhooks/polar: verify, publish once to JetStream, and answer Polar only after the broker stored it.
+
+No parsing beyond the envelope `type`: a signed event of an unknown type or a drifted schema is still stored and
+answered 2xx, so schema drift can never get the endpoint disabled (polar-api.md §2.5, §2.7).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+
+from faststream.nats import NatsBroker
+from prometheus_client import Counter, Histogram
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from shared import topology
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+PUBLISH_TIMEOUT = 4.0  # the whole answer stays under 5 s when the broker is gone, so Polar retries
+_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+REQUIRED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+WEBHOOKS = Counter("ingress_webhooks_total", "Webhooks received, by outcome", ["outcome"])
+PUBLISH_SECONDS = Histogram("ingress_webhook_publish_seconds", "Time from request to JetStream ack")
+
+
+def signing_keys(secret: str) -> list[Webhook]:
+    """Both of Polar's schemes: the legacy key is the UTF-8 bytes of the whole secret (prefix included); the Standard
+    Webhooks key is the base64 after `whsec_`. A signature matching either is accepted (polar-api.md §2.3)."""
+    keys = [Webhook(secret.encode())]
+    try:
+        keys.append(Webhook(secret))
+    except Exception:  # noqa: BLE001 - not base64 (a legacy secret): the legacy key alone
+        pass
+    return keys
+
+
+def verify(keys: list[Webhook], body: bytes, headers: dict[str, str]) -> str | None:
+    """None when a key verifies the body; otherwise the reason, short and safe to return."""
+    reason = "no matching signature"
+    for key in keys:
+        try:
+            key.verify(body, headers, json_parse=False)
+            return None
+        except WebhookVerificationError as exc:
+            reason = str(exc).lower()
+            if "timestamp" in reason or "headers" in reason:
+                return reason  # the same for every key
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return "malformed signature header"
+    return reason
+
+
+def _problem(status: int, outcome: str, detail: str, webhook_id: str | None = None) -> JSONResponse:
+    WEBHOOKS.labels(outcome).inc()
+    log.warning("webhook.rejected", extra={"status": status, "reason": detail, "webhook_id": webhook_id})
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def _read_body(request: Request) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def receive(request: Request) -> Response:
+    keys: list[Webhook] = request.app.state.signing_keys
+    broker: NatsBroker = request.app.state.rt.broker
+    body = await _read_body(request)
+    if body is None:
+        return _problem(413, "too_large", f"body over {MAX_BODY} bytes")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    missing = [h for h in REQUIRED_HEADERS if not headers.get(h)]
+    if missing:
+        return _problem(400, "bad_headers", f"missing header(s): {', '.join(missing)}")
+    webhook_id = headers["webhook-id"]
+    if len(webhook_id) > 256:
+        return _problem(400, "bad_headers", "webhook-id too long")
+    failure = verify(keys, body, headers)
+    if failure:
+        return _problem(403, "bad_signature", f"signature verification failed: {failure}", webhook_id)
+    try:
+        envelope = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _problem(400, "not_json", "body is not JSON", webhook_id)
+    event_type = envelope.get("type") if isinstance(envelope, dict) else None
+    if not isinstance(event_type, str) or not event_type:
+        return _problem(400, "no_type", "body has no event type", webhook_id)
+    if not _TYPE.match(event_type) or len(event_type) > 100:
+        return _problem(400, "bad_type", "event type is not of the form word.word", webhook_id)
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT):
+            ack = await broker.publish(
+                body,
+                subject=topology.webhook_subject(event_type),
+                stream=topology.POLAR_WEBHOOKS.name,
+                headers={
+                    "Nats-Msg-Id": webhook_id,
+                    "webhook-id": webhook_id,
+                    "webhook-timestamp": headers["webhook-timestamp"],
+                    "content-type": "application/json",
+                },
+                timeout=PUBLISH_TIMEOUT,
+            )
+    except Exception as exc:  # noqa: BLE001 - broker gone, slow, or refusing: Polar must retry
+        WEBHOOKS.labels("broker_unavailable").inc()
+        log.error("webhook.publish_failed", extra={"webhook_id": webhook_id, "type": event_type,
+                                                   "error": type(exc).__name__})
+        return JSONResponse({"detail": "temporarily unavailable, retry"}, status_code=503,
+                            headers={"Retry-After": "5"})
+    PUBLISH_SECONDS.observe(loop.time() - t0)
+    outcome = "duplicate" if ack.duplicate else "stored"
+    WEBHOOKS.labels(outcome).inc()
+    log.info("webhook.stored", extra={"webhook_id": webhook_id, "type": event_type, "seq": ack.seq,
+                                      "duplicate": bool(ack.duplicate)})
+    return JSONResponse({"stored": True, "duplicate": bool(ack.duplicate)}, status_code=202)

@@ -12,6 +12,7 @@ import asyncpg
 import nats
 import pytest
 
+from shared.db import connect
 from shared.db.migrate import migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -108,7 +109,7 @@ async def empty_database_url(servers: Servers) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
+    conn = await connect(database_url)
     yield conn
     await conn.close()
 

@@ -20,3 +20,10 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: 
         server_settings={"application_name": name, "timezone": "UTC"},
         command_timeout=30,
     )
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection with the pool's codecs (for commands and tests)."""
+    conn = await asyncpg.connect(dsn, server_settings={"timezone": "UTC"})
+    await _init_connection(conn)
+    return conn

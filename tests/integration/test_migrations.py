@@ -70,6 +70,8 @@ async def test_keys_the_later_paths_rely_on_exist(db: asyncpg.Connection) -> Non
     await db.execute(counter)
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.execute(counter)
-    await db.execute("INSERT INTO customers (id, user_id, version) VALUES ('c1', 'u1', now())")
-    with pytest.raises(asyncpg.UniqueViolationError):  # one live customer per external id
-        await db.execute("INSERT INTO customers (id, user_id, version) VALUES ('c2', 'u1', now())")
+    await db.execute("INSERT INTO subscriptions (id, customer_id, product_id, status, version) "
+                     "VALUES ('s1', 'c1', 'p', 'active', now())")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute("INSERT INTO subscriptions (id, customer_id, product_id, status, version) "
+                         "VALUES ('s1', 'c1', 'p', 'active', now())")

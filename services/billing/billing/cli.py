@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import sys
 
+from shared.db import connect
 from shared.logs import setup_logging
 from shared.plans import PlanCatalog
 from shared.service import new_runtime
@@ -21,17 +22,12 @@ from .webhooks import process_webhook
 
 
 async def replay(settings: BillingSettings, ids: list[str], failed: bool) -> int:
-    import asyncpg
-
     rt = new_runtime("billing-cli", settings)
     catalog = PlanCatalog(settings.polar_pro_product_id, settings.polar_team_product_id)
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await connect(settings.database_url)
     await rt.broker.connect()
     errors = 0
     try:
-        from shared.db import _init_connection
-
-        await _init_connection(conn)
         if failed:
             ids = ids + await repo.failed_webhook_ids(conn)
         for webhook_id in ids:

@@ -85,6 +85,7 @@ async def _customer_ref(ctx: Ctx, ref: Any, customer_id: str) -> str | None:
     """The user behind a nested customer; records the link if we had not seen the customer yet."""
     user_id = ref.user_id if ref else None
     if user_id:
+        await ctx.touch(user_id)
         # Lowest possible version: fills a gap, never overwrites what a customer.* event wrote.
         await repo.upsert_customer(ctx.conn, {"id": customer_id, "user_id": user_id, "deleted_at": None,
                                               "version": datetime.min.replace(tzinfo=ctx.env.timestamp.tzinfo),
@@ -95,6 +96,7 @@ async def _customer_ref(ctx: Ctx, ref: Any, customer_id: str) -> str | None:
 
 async def on_checkout(ctx: Ctx) -> None:
     c: Checkout = _parse(Checkout, ctx.env.data)
+    await ctx.touch(c.external_customer_id)
     await repo.upsert_checkout(ctx.conn, {
         "id": c.id, "user_id": c.external_customer_id, "product_id": c.product_id, "status": c.status,
         "subscription_id": c.subscription_id, **ctx.stamp(c)})
@@ -103,6 +105,7 @@ async def on_checkout(ctx: Ctx) -> None:
 async def on_customer(ctx: Ctx) -> None:
     c: Customer = _parse(Customer, ctx.env.data)
     deleted_at = c.deleted_at or (ctx.env.timestamp if ctx.env.type == "customer.deleted" else None)
+    await ctx.touch(c.user_id)
     await repo.upsert_customer(ctx.conn, {"id": c.id, "user_id": c.user_id, "deleted_at": deleted_at,
                                           **ctx.stamp(c)})
 
@@ -142,6 +145,7 @@ async def on_benefit_grant(ctx: Ctx) -> None:
 async def on_customer_state(ctx: Ctx) -> None:
     """A full snapshot: the customer, every active subscription, and the end of any we hold active that it omits."""
     st: CustomerState = _parse(CustomerState, ctx.env.data)
+    await ctx.touch(st.user_id)
     await repo.upsert_customer(ctx.conn, {"id": st.id, "user_id": st.user_id, "deleted_at": st.deleted_at,
                                           **ctx.stamp(st)})
     user_id = st.user_id or await repo.user_of_customer(ctx.conn, st.id)

@@ -27,8 +27,8 @@ CREATE TABLE customers (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
--- An external id belongs to one live customer; a deleted customer's id can be reused by a new one.
-CREATE UNIQUE INDEX customers_user_id_live_key ON customers (user_id) WHERE deleted_at IS NULL AND user_id IS NOT NULL;
+-- Not unique: Polar keeps one live customer per external id, and a deleted customer's id can be reused. Enforcing
+-- that here would refuse a recreated customer whose webhook arrives before the old one's customer.deleted.
 CREATE INDEX customers_user_id_idx ON customers (user_id);
 
 CREATE TABLE subscriptions (

@@ -113,7 +113,7 @@ BILLING_WEBHOOKS = Durable(
         filter_subject=f"{WEBHOOK_SUBJECT_PREFIX}.>",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=30,
+        ack_wait=10,  # a webhook applies in milliseconds; a worker that died holding one is replaced within 10 s
         max_deliver=-1,  # the app decides when to dead-letter; an outage must never exhaust deliveries
         max_ack_pending=1,  # one in flight: stream order holds, retries included (notes §5.2)
     ),

@@ -12,7 +12,7 @@ from shared import topology
 from shared.plans import PlanCatalog
 from shared.service import Runtime, new_runtime, service_app
 
-from . import cron, handlers
+from . import cron, handlers, outbox
 from .settings import BillingSettings
 
 SERVICE = "billing"
@@ -21,6 +21,7 @@ SERVICE = "billing"
 def build_app(settings: BillingSettings) -> Starlette:
     rt = new_runtime(SERVICE, settings)
     rt.extra["catalog"] = PlanCatalog(settings.polar_pro_product_id, settings.polar_team_product_id)
+    rt.extra["outbox_wakeup"] = asyncio.Event()
     broker = rt.broker
 
     @broker.subscriber(
@@ -34,7 +35,10 @@ def build_app(settings: BillingSettings) -> Starlette:
         await handlers.on_webhook(msg, rt)
 
     async def start_jobs(rt: Runtime) -> None:
-        rt.extra["jobs"] = [asyncio.create_task(cron.retention_loop(rt, settings.webhook_log_retention_days))]
+        rt.extra["jobs"] = [
+            asyncio.create_task(cron.retention_loop(rt, settings.webhook_log_retention_days)),
+            asyncio.create_task(outbox.loop(rt, rt.extra["outbox_wakeup"])),
+        ]
 
     async def stop_jobs(rt: Runtime) -> None:
         for task in rt.extra.get("jobs", []):

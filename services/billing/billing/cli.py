@@ -16,7 +16,7 @@ from shared.service import new_runtime
 from shared.settings import load_settings
 
 from . import repository as repo
-from .handlers import publish_changes
+from . import outbox
 from .settings import BillingSettings
 from .webhooks import process_webhook
 
@@ -38,7 +38,7 @@ async def replay(settings: BillingSettings, ids: list[str], failed: bool) -> int
                 continue
             try:
                 outcome = await process_webhook(conn, catalog, webhook_id, row["payload"], replay=True)
-                await publish_changes(rt, outcome)
+                await outbox.flush(conn, rt.broker)
                 print(f"{webhook_id}: {outcome.status}" + (f" ({outcome.note})" if outcome.note else ""))
             except Exception as exc:  # noqa: BLE001 - reported per id, the others still run
                 await repo.record_failure(conn, webhook_id, row["type"], row["payload"], f"{type(exc).__name__}: {exc}",

@@ -6,50 +6,36 @@ import logging
 from faststream.nats.message import NatsMessage
 from prometheus_client import Counter
 
-from shared import topology
+from shared import failpoints, topology
 from shared.retry import settle_failure
 from shared.service import Runtime
 
 from . import repository as repo
 from .polar_models import redact
-from .webhooks import Outcome, parse_envelope, process_webhook
+from .webhooks import parse_envelope, process_webhook
 
 log = logging.getLogger(__name__)
 
 WEBHOOKS = Counter("billing_webhooks_total", "Webhooks consumed, by outcome", ["outcome"])
-CHANGES = Counter("billing_subscription_changes_total", "subscription.changed events published")
-
-
-async def publish_changes(rt: Runtime, outcome: Outcome) -> None:
-    for change in outcome.changes:
-        await rt.broker.publish(
-            change.model_dump_json().encode(),
-            subject=f"{topology.BILLING_EVENT_PREFIX}.subscription.changed",
-            stream=topology.BILLING_EVENTS.name,
-            headers={"Nats-Msg-Id": f"{change.webhook_id}:{change.user_id}", "content-type": "application/json"},
-            timeout=5.0,
-        )
-        CHANGES.inc()
-        log.info("subscription.changed", extra={"user_id": change.user_id, "old_plan": change.old_plan,
-                                                "new_plan": change.new_plan, "status": change.status,
-                                                "webhook_id": change.webhook_id})
 
 
 async def on_webhook(msg: NatsMessage, rt: Runtime) -> None:
-    """Consume one stored webhook: apply and commit, publish what changed, then ack."""
+    """Consume one stored webhook: apply and commit (change events go to the outbox in the same transaction), ack."""
     webhook_id = msg.headers.get("Nats-Msg-Id") or msg.headers.get("webhook-id") or ""
     assert rt.pool is not None
     try:
         async with rt.pool.acquire() as conn:
             outcome = await process_webhook(conn, rt.extra["catalog"], webhook_id, msg.body)
-        await publish_changes(rt, outcome)
     except Exception as exc:  # noqa: BLE001 - settled below: retried or dead-lettered, never lost
         action = await settle_failure(msg, exc, lambda e, n: dead_letter(rt, msg, webhook_id, e, n))
         WEBHOOKS.labels(action).inc()
         log.warning("webhook.failed", extra={"webhook_id": webhook_id, "subject": msg.raw_message.subject,
                                              "action": action, "error": f"{type(exc).__name__}: {exc}"[:500]})
         return
+    failpoints.hit("billing.after_commit", webhook_id)
     await msg.ack()
+    if outcome.changes:
+        rt.extra["outbox_wakeup"].set()
     WEBHOOKS.labels(outcome.status).inc()
     log.info(f"webhook.{outcome.status}", extra={"webhook_id": webhook_id, "subject": msg.raw_message.subject,
                                                   "note": outcome.note})

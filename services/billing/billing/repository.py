@@ -138,3 +138,24 @@ async def effective_plan(conn: asyncpg.Connection, user_id: str) -> asyncpg.Reco
             ORDER BY {PLAN_RANK} DESC, version DESC LIMIT 1""",
         user_id,
     )
+
+
+# --- outbox of billing.event.* ----------------------------------------------------------------------------------
+async def add_outbox(conn: asyncpg.Connection, subject: str, msg_id: str, payload: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO billing_outbox (subject, msg_id, payload) VALUES ($1, $2, $3) ON CONFLICT (msg_id) DO NOTHING",
+        subject, msg_id, payload,
+    )
+
+
+async def take_outbox(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
+    """Pending events, locked for this transaction (another publisher skips them)."""
+    return await conn.fetch(
+        "SELECT id, subject, msg_id, payload FROM billing_outbox WHERE published_at IS NULL "
+        "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+
+
+async def mark_published(conn: asyncpg.Connection, ids: list[int]) -> None:
+    await conn.execute("UPDATE billing_outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)

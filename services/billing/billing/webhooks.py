@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
+from shared import failpoints, topology
 from shared.contracts import SubscriptionChanged
 from shared.plans import PlanCatalog
 from shared.retry import PermanentError
@@ -24,6 +25,8 @@ from .polar_models import (BenefitGrant, Checkout, Customer, CustomerState, Enve
                            Subscription, redact)
 
 log = logging.getLogger(__name__)
+
+SUBSCRIPTION_CHANGED = f"{topology.BILLING_EVENT_PREFIX}.subscription.changed"
 
 
 @dataclass
@@ -208,4 +211,8 @@ async def process_webhook(conn: asyncpg.Connection, catalog: PlanCatalog, webhoo
                     current_period_end=row["current_period_end"] if row else None,
                     cancel_at_period_end=bool(row["cancel_at_period_end"]) if row else False,
                     webhook_id=webhook_id, occurred_at=env.timestamp))
+        for change in changes:
+            await repo.add_outbox(conn, SUBSCRIPTION_CHANGED, f"{webhook_id}:{change.user_id}",
+                                  change.model_dump(mode="json"))
+        failpoints.hit("billing.before_commit", webhook_id)
         return Outcome(status, changes, ctx.skip_reason)

@@ -74,6 +74,9 @@ def make_broker(name: str, nats_url: str, state: dict[str, bool], **kwargs: Any)
         ping_interval=20,
         max_outstanding_pings=3,
         closed_cb=_closed,
+        # FastStream's service lines go through our JSON handler; its per-message lines only at DEBUG.
+        logger=logging.getLogger(f"faststream.{name}"),
+        log_level=logging.DEBUG,
         middlewares=[NatsPrometheusMiddleware(registry=REGISTRY, app_name=name)],
         **kwargs,
     )

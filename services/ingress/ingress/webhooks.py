@@ -35,11 +35,12 @@ PUBLISH_SECONDS = Histogram("ingress_webhook_publish_seconds", "Time from reques
 def signing_keys(secret: str) -> list[Webhook]:
     """Both of Polar's schemes: the legacy key is the UTF-8 bytes of the whole secret (prefix included); the Standard
     Webhooks key is the base64 after `whsec_`. A signature matching either is accepted (polar-api.md §2.3)."""
-    keys = [Webhook(secret.encode())]
+    keys = []
     try:
-        keys.append(Webhook(secret))
+        keys.append(Webhook(secret))  # first: every secret Polar generated since Sep 2026 signs this way
     except Exception:  # noqa: BLE001 - not base64 (a legacy secret): the legacy key alone
         pass
+    keys.append(Webhook(secret.encode()))
     return keys
 
 
@@ -108,9 +109,10 @@ async def receive(request: Request) -> Response:
     t0 = loop.time()
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT):
-            ack = await broker.publish(
+            # The broker's own JetStream context: the PubAck is what we answer on (a core publish would have none).
+            ack = await broker.connection.jetstream().publish(
+                topology.webhook_subject(event_type),
                 body,
-                subject=topology.webhook_subject(event_type),
                 stream=topology.POLAR_WEBHOOKS.name,
                 headers={
                     "Nats-Msg-Id": webhook_id,

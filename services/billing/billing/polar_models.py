@@ -49,25 +49,6 @@ class Customer(_Versioned, CustomerRef):
     pass
 
 
-class Subscription(_Versioned):
-    status: str
-    customer_id: str
-    product_id: str
-    amount: int | None = None
-    currency: str | None = None
-    recurring_interval: str | None = None
-    current_period_start: datetime | None = None
-    current_period_end: datetime | None = None
-    cancel_at_period_end: bool = False
-    canceled_at: datetime | None = None
-    started_at: datetime | None = None
-    ends_at: datetime | None = None
-    ended_at: datetime | None = None
-    checkout_id: str | None = None
-    customer: CustomerRef | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
 class Checkout(_Versioned):
     status: str
     product_id: str | None = None
@@ -106,8 +87,9 @@ class BenefitGrant(_Versioned):
     customer: CustomerRef | None = None
 
 
-class StateSubscription(_Tolerant):
-    id: str
+class StateSubscription(_Versioned):
+    """A subscription as customer state lists it; `Subscription` is the full webhook object."""
+
     status: str
     product_id: str
     amount: int | None = None
@@ -119,8 +101,14 @@ class StateSubscription(_Tolerant):
     canceled_at: datetime | None = None
     started_at: datetime | None = None
     ends_at: datetime | None = None
-    created_at: datetime | None = None
-    modified_at: datetime | None = None
+
+
+class Subscription(StateSubscription):
+    customer_id: str
+    ended_at: datetime | None = None
+    checkout_id: str | None = None
+    customer: CustomerRef | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class CustomerState(Customer):

@@ -67,7 +67,7 @@ def _parse(model: type, data: dict[str, Any]) -> Any:
         raise PermanentError(f"{model.__name__} payload: {exc.errors(include_url=False, include_input=False)}") from exc
 
 
-def _subscription_row(ctx: Ctx, s: Subscription | StateSubscription, customer_id: str, user_id: str | None,
+def _subscription_row(ctx: Ctx, s: StateSubscription, customer_id: str, user_id: str | None,
                       version: dict[str, datetime]) -> dict[str, Any]:
     plan = ctx.catalog.for_product(s.product_id)
     if plan is None:
@@ -154,8 +154,7 @@ async def on_customer_state(ctx: Ctx) -> None:
     user_id = st.user_id or await repo.user_of_customer(ctx.conn, st.id)
     await ctx.touch(user_id)
     for s in st.active_subscriptions:
-        version = {"version": s.modified_at or s.created_at or ctx.env.timestamp, "event_ts": ctx.env.timestamp}
-        await repo.upsert_subscription(ctx.conn, _subscription_row(ctx, s, st.id, user_id, version))
+        await repo.upsert_subscription(ctx.conn, _subscription_row(ctx, s, st.id, user_id, ctx.stamp(s)))
     if user_id:
         await repo.end_missing_subscriptions(ctx.conn, user_id, st.id, [s.id for s in st.active_subscriptions],
                                              ctx.env.timestamp, ctx.env.timestamp)

@@ -216,3 +216,23 @@ async def test_lifecycle_in_any_order_duplicated_and_concurrent_ends_in_the_same
                 assert applied == len(lifecycle(suffix))
     finally:
         await pool.close()
+
+
+async def test_the_retention_job_deletes_log_rows_past_the_retention_only(database_url: str) -> None:
+    from billing.cron import purge_webhook_log_once
+    from shared.service import Runtime
+
+    pool = await create_pool(database_url)
+    try:
+        async with pool.acquire() as conn:
+            await apply(conn, example("order.paid"), "wh-recent")
+            await apply(conn, example("order.created"), "wh-old")
+            await conn.execute("UPDATE webhook_log SET received_at = now() - interval '31 days' "
+                               "WHERE webhook_id = 'wh-old'")
+        rt = Runtime(name="t", settings=None, broker=None, pool=pool)  # type: ignore[arg-type]
+        assert await purge_webhook_log_once(rt, retention_days=30) == 1
+        async with pool.acquire() as conn:
+            assert [r["webhook_id"] for r in await conn.fetch("SELECT webhook_id FROM webhook_log")] == ["wh-recent"]
+            assert await conn.fetchval("SELECT count(*) FROM orders") == 1  # state stays; only the log ages out
+    finally:
+        await pool.close()

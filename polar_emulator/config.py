@@ -1,0 +1,41 @@
+"""The emulator's settings: its own, read from EMULATOR_* variables (it is not one of our services)."""
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Ids of the catalog the emulator serves: the Pro product and meter are those of shared/polar/webhook-examples.
+PRO_PRODUCT_ID = "0f4c1a52-6d0e-4a3a-9f1b-2b6f3c7a9d10"
+TEAM_PRODUCT_ID = "7b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
+TOKENS_METER_ID = "d5b0e6a2-8c4f-4b1e-a3d7-9f2c6e8b1a40"
+
+
+class EmulatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMULATOR_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    access_token: str = "polar_oat_emulator"
+    organization_id: str = "1b0c3e5a-7d9f-4a2b-8c4d-6e8f0a1b2c3d"
+    organization_slug: str = "acme-chat"
+    # Where checkout and portal URLs point (the emulator's own pages, /frontend/...). Default: this emulator.
+    frontend_url: str | None = None
+    # Webhooks: where they go, and the secret and scheme they are signed with (standard | legacy).
+    webhook_url: str | None = None
+    webhook_secret: str = "whsec_" + "ZW11bGF0b3Itd2ViaG9vay1zZWNyZXQtMzJieXRlcyE="
+    webhook_scheme: str = Field("standard", pattern="^(standard|legacy)$")
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 10
+    # Polar waits 2 s·2^n (jittered) between attempts; tests compress it.
+    webhook_backoff_base: float = 2.0
+    rate_limit_per_minute: int = 500
+    meter_event_name: str = "ai_usage"
+    meter_property: str = "total_tokens"
+    pro_product_id: str = PRO_PRODUCT_ID
+    team_product_id: str = TEAM_PRODUCT_ID
+    tokens_meter_id: str = TOKENS_METER_ID
+    pro_meter_credits: int = 1_000_000
+
+    @property
+    def frontend(self) -> str:
+        return (self.frontend_url or f"http://{self.host}:{self.port}/frontend").rstrip("/")

@@ -8,6 +8,7 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY shared ./shared
 COPY services ./services
+COPY polar_emulator ./polar_emulator
 RUN useradd --system --uid 10001 app
 USER app
 CMD ["python", "-m", "ingress"]

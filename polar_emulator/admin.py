@@ -128,7 +128,12 @@ async def reset(request: Request) -> Response:
     return JSONResponse({"reset": True})
 
 
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
 ROUTES = [
+    Route(f"{ADMIN_PREFIX}/health", health, methods=["GET"]),
     Route(f"{ADMIN_PREFIX}/faults", set_fault, methods=["POST"]),
     Route(f"{ADMIN_PREFIX}/faults", clear_faults, methods=["DELETE"]),
     Route(f"{ADMIN_PREFIX}/latency", set_latency, methods=["POST"]),

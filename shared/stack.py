@@ -44,6 +44,7 @@ class Child:
     module: str
     port: int
     proc: subprocess.Popen | None = None
+    ready_path: str = "/readyz"
 
     @property
     def base_url(self) -> str:
@@ -56,9 +57,9 @@ def _stream(child: Child) -> None:
         say(raw.decode(errors="replace").rstrip("\n"), child.name)
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, path: str = "/readyz") -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+        with urllib.request.urlopen(f"{url}{path}", timeout=1) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -68,6 +69,19 @@ def _pick_port(preferred: int) -> int:
     from shared.embedded import free_port
 
     return preferred if port_free(preferred) else free_port()
+
+
+def _use_emulator(env: dict[str, str], emulator: Child, secret: str, ingress_port: int) -> None:
+    """Point the services at the emulator and the emulator's webhooks at ingress (explicit settings win)."""
+    from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID, TOKENS_METER_ID
+
+    token = env.get("EMULATOR_ACCESS_TOKEN") or "polar_oat_emulator_local"
+    env.update(EMULATOR_PORT=str(emulator.port), EMULATOR_ACCESS_TOKEN=token, EMULATOR_WEBHOOK_SECRET=secret,
+               EMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{ingress_port}/webhooks/polar",
+               POLAR_ACCESS_TOKEN=token, POLAR_SERVER=emulator.base_url)
+    env.setdefault("POLAR_PRO_PRODUCT_ID", PRO_PRODUCT_ID)
+    env.setdefault("POLAR_TEAM_PRODUCT_ID", TEAM_PRODUCT_ID)
+    env.setdefault("POLAR_TOKENS_METER_ID", TOKENS_METER_ID)
 
 
 def _webhook_secret(env: dict[str, str]) -> tuple[str, str]:
@@ -123,21 +137,25 @@ def run() -> int:
 
         secret, origin = _webhook_secret(env)
         env["POLAR_WEBHOOK_SECRET"] = secret
-        if env.get("POLAR_ACCESS_TOKEN"):
-            say(f"Polar: {env.get('POLAR_SERVER', 'sandbox')} (POLAR_ACCESS_TOKEN is set)")
-        else:
-            say("Polar: not configured (POLAR_ACCESS_TOKEN unset, and the Polar emulator has not landed yet); "
-                "usage stays unsynced and checkout / portal links answer polar_not_configured")
-        say(f"webhook secret ({origin}): {secret}")
-
         ingress_port = int(env.get("INGRESS_PORT", "8000"))
         children = [
             Child("ingress", "ingress", ingress_port),
             Child("billing", "billing", _pick_port(int(env.get("BILLING_HTTP_PORT", "8081")))),
             Child("usage-sync", "usage_sync", _pick_port(int(env.get("USAGE_SYNC_HTTP_PORT", "8082")))),
         ]
-        env["BILLING_HTTP_PORT"] = str(children[1].port)
-        env["USAGE_SYNC_HTTP_PORT"] = str(children[2].port)
+        if env.get("POLAR_ACCESS_TOKEN"):
+            say(f"Polar: {env.get('POLAR_SERVER', 'sandbox')} (POLAR_ACCESS_TOKEN is set)")
+        else:
+            emulator = Child("polar-emulator", "polar_emulator", _pick_port(int(env.get("EMULATOR_PORT", "9000"))),
+                             ready_path="/__emulator__/health")
+            children.insert(0, emulator)
+            _use_emulator(env, emulator, secret, ingress_port)
+            say(f"Polar: the emulator on {emulator.base_url} (POLAR_ACCESS_TOKEN unset); it signs webhooks to "
+                f"ingress with the secret below. Drive it: python -m polar_emulator.cli --help")
+        say(f"webhook secret ({origin}): {secret}")
+        by_name = {c.name: c for c in children}
+        env["BILLING_HTTP_PORT"] = str(by_name["billing"].port)
+        env["USAGE_SYNC_HTTP_PORT"] = str(by_name["usage-sync"].port)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))]
         )
@@ -155,7 +173,7 @@ def run() -> int:
                 if child.proc and child.proc.poll() is not None:
                     say(f"{name} exited with code {child.proc.returncode} while starting")
                     return 1
-                if _ready(child.base_url):
+                if _ready(child.base_url, child.ready_path):
                     del pending[name]
             if time.monotonic() > deadline:
                 say(f"not ready after {READY_TIMEOUT:.0f}s: {', '.join(pending)}")
@@ -165,9 +183,13 @@ def run() -> int:
             return 0
 
         say(f"all services ready in {time.monotonic() - started:.1f}s")
-        say(f"  ingress     {children[0].base_url}   webhooks: POST /webhooks/polar   health: /healthz /readyz /metrics")
-        say(f"  billing     {children[1].base_url}   health: /healthz /readyz /metrics   rpc: billing.rpc.*")
-        say(f"  usage-sync  {children[2].base_url}   health: /healthz /readyz /metrics   consumes usage.event.>")
+        if "polar-emulator" in by_name:
+            say(f"  polar       {by_name['polar-emulator'].base_url}   (emulator) admin: /__emulator__/")
+        say(f"  ingress     {by_name['ingress'].base_url}   webhooks: POST /webhooks/polar   "
+            "health: /healthz /readyz /metrics")
+        say(f"  billing     {by_name['billing'].base_url}   health: /healthz /readyz /metrics   rpc: billing.rpc.*")
+        say(f"  usage-sync  {by_name['usage-sync'].base_url}   health: /healthz /readyz /metrics   "
+            "consumes usage.event.>")
         say("Ctrl-C stops everything")
 
         while not stop.wait(0.5):

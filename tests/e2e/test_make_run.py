@@ -15,7 +15,8 @@ from tests.e2e.procs import ROOT, base_env
 def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphans(tmp_path, output_dir) -> None:
     ingress_port = free_port()
     env = base_env(STACK_DATA_DIR=str(tmp_path / "data"), INGRESS_PORT=str(ingress_port),
-                   BILLING_HTTP_PORT=str(free_port()), USAGE_SYNC_HTTP_PORT=str(free_port()))
+                   BILLING_HTTP_PORT=str(free_port()), USAGE_SYNC_HTTP_PORT=str(free_port()),
+                   EMULATOR_PORT=str(free_port()))
     log = output_dir / "stack.log"
     with open(log, "wb") as out:
         stack = subprocess.Popen([sys.executable, "-m", "shared.stack"], env=env, cwd=ROOT, stdout=out,
@@ -29,13 +30,24 @@ def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphan
         text = log.read_text()
         assert "NATS (embedded" in text and "PostgreSQL (embedded" in text
         assert "webhook secret (generated for local use" in text
-        assert "Polar: not configured" in text
+        assert "Polar: the emulator on" in text
         for tag in ("ingress    | {", "billing    | {", "usage-sync | {"):
             assert tag in text
         assert httpx.get(f"http://127.0.0.1:{ingress_port}/readyz").status_code == 200
         family = psutil.Process(stack.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in family)
         assert "nats-server" in names and "postgres" in names and "-m billing" in names
+        assert "-m polar_emulator" in names
+        # The whole loop works: the emulator's purchase webhooks are signed with the printed secret, verified
+        # by ingress, and applied by billing.
+        emulator_url = text.split("Polar: the emulator on ")[1].split()[0]
+        buy = httpx.post(f"{emulator_url}/__emulator__/simulate/purchase",
+                         json={"external_customer_id": "usr_run", "product_id": "0f4c1a52-6d0e-4a3a-9f1b-2b6f3c7a9d10"})
+        assert buy.status_code == 200
+        t1 = time.monotonic()
+        while '"event": "webhook.applied"' not in log.read_text() or log.read_text().count("webhook.applied") < 6:
+            assert time.monotonic() - t1 < 30, log.read_text()[-3000:]
+            time.sleep(0.2)
         # What Ctrl-C in the terminal does: SIGINT to the supervisor.
         t_stop = time.monotonic()
         stack.send_signal(signal.SIGINT)

@@ -52,3 +52,11 @@ def test_env_example_lists_every_setting_the_services_read() -> None:
     listed = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     fields = {f.upper() for cls in (IngressSettings, BillingSettings, UsageSyncSettings) for f in cls.model_fields}
     assert fields <= listed, fields - listed
+
+
+def test_the_emulator_runs_under_the_dev_profile_and_delivers_to_ingress() -> None:
+    emulator = _compose()["services"]["polar-emulator"]
+    assert emulator["profiles"] == ["dev"] and emulator["command"] == ["python", "-m", "polar_emulator"]
+    assert importlib.util.find_spec("polar_emulator") is not None
+    assert emulator["environment"]["EMULATOR_WEBHOOK_URL"] == "http://ingress:8000/webhooks/polar"
+    assert "COPY polar_emulator" in (ROOT / "Dockerfile").read_text()

@@ -1,13 +1,60 @@
-"""Wiring only: the runtime, the subscribers, the lifespan."""
+"""Wiring only: the runtime, the subscriber, the Polar sync loop, the lifespan."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from faststream import AckPolicy, Context
+from faststream.nats import JStream, PullSub
+from faststream.nats.message import NatsBatchMessage
+from polar.v2026_10 import PolarAsync
 from starlette.applications import Starlette
 
-from shared.service import new_runtime, service_app
+from shared import topology
+from shared.service import Runtime, new_runtime, service_app
 
+from . import handlers
+from .polar_sync import PolarSync
 from .settings import UsageSyncSettings
 
 SERVICE = "usage-sync"
+log = logging.getLogger(__name__)
 
 
 def build_app(settings: UsageSyncSettings) -> Starlette:
     rt = new_runtime(SERVICE, settings)
-    return service_app(rt)
+
+    @rt.broker.subscriber(
+        f"{topology.USAGE_SUBJECT_PREFIX}.>",
+        stream=JStream(topology.USAGE.name, declare=False),
+        durable=topology.USAGE_SYNC.name,
+        pull_sub=PullSub(batch_size=settings.usage_batch_size, timeout=settings.usage_batch_wait_seconds, batch=True),
+        ack_policy=AckPolicy.MANUAL,  # each message is acked or terminated on its own, after the commit
+    )
+    async def on_usage(msg: Annotated[NatsBatchMessage, Context("message")]) -> None:
+        await handlers.on_usage_batch(msg, rt)
+
+    async def start_sync(rt: Runtime) -> None:
+        if not settings.polar_configured:
+            log.warning("polar.not_configured", extra={"effect": "usage is recorded and kept unsynced"})
+            return
+        assert settings.polar_access_token is not None
+        polar = PolarAsync(settings.polar_access_token.get_secret_value(), base_url=settings.polar_base_url,
+                           organization_id=settings.polar_organization_id, timeout=10.0)
+        sync = PolarSync(rt, polar, event_name=settings.polar_usage_event_name,
+                         batch_size=settings.polar_ingest_batch_size,
+                         flush_interval=settings.polar_flush_interval_seconds,
+                         max_requests_per_second=settings.polar_max_requests_per_second)
+        rt.extra["polar"] = polar
+        rt.extra["sync_task"] = asyncio.create_task(sync.run())
+
+    async def stop_sync(rt: Runtime) -> None:
+        task = rt.extra.get("sync_task")
+        if task:
+            task.cancel()  # a batch in flight rolls back; its rows are resent (Polar dedups them)
+            await asyncio.gather(task, return_exceptions=True)
+        if "polar" in rt.extra:
+            await rt.extra["polar"].__aexit__(None, None, None)
+
+    return service_app(rt, on_start=[start_sync], on_stop=[stop_sync])

@@ -1,0 +1,195 @@
+"""The outbox to Polar: unsynced ledger rows → `events.ingest` batches → marked synced.
+
+- Rows are taken `FOR UPDATE SKIP LOCKED` and stay locked until Polar answered and the mark is committed, so two
+  usage-sync processes never have the same row in flight. A crash in between resends; Polar's dedup on
+  `external_id` (= our event id) makes that a `duplicate`, which counts as success.
+- A batch goes when 1,000 events (or 1 MB) are waiting, or when the oldest has waited `flush_interval`;
+  never more than `max_requests_per_second`.
+- 429 → wait Retry-After. 5xx / timeout / network → exponential backoff with jitter, same rows, same ids.
+  422 → the events Polar names (by index) are quarantined with its reason and the rest sent again; without an index,
+  the batch is bisected until the bad events are alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+from polar import PolarNetworkError, PolarServerError
+from polar.base import PolarRateLimitError
+from polar.v2026_10 import PolarAsync
+from polar.v2026_10 import errors as polar_errors
+from prometheus_client import Counter, Gauge
+
+from shared.service import Runtime
+
+from . import repository as repo
+
+log = logging.getLogger(__name__)
+
+BATCHES = Counter("usage_polar_batches_total", "events.ingest requests, by outcome", ["outcome"])
+SENT = Counter("usage_polar_events_inserted_total", "Events Polar inserted")
+POLAR_DUPLICATES = Counter("usage_polar_duplicates_total", "Events Polar already had (a resend after a crash)")
+QUARANTINED = Counter("usage_polar_quarantined_total", "Events Polar refused, kept with its reason")
+RETRIES = Counter("usage_polar_retries_total", "Retried sends, by cause", ["cause"])
+LAG_EVENTS = Gauge("usage_outbox_pending_events", "Ledger rows not yet in Polar")
+LAG_SECONDS = Gauge("usage_outbox_oldest_pending_seconds", "Age of the oldest ledger row not yet in Polar")
+
+MAX_BYTES = 1_000_000
+
+
+class Backoff(Exception):
+    def __init__(self, seconds: float, cause: str) -> None:
+        super().__init__(cause)
+        self.seconds = seconds
+        self.cause = cause
+
+
+def vendor_of(model: str) -> str:
+    m = model.lower().split("/")[-1]
+    if m.startswith(("gpt", "o1", "o3", "o4", "text-", "chatgpt")):
+        return "openai"
+    if m.startswith("claude") or "anthropic" in model.lower():
+        return "anthropic"
+    if m.startswith("gemini"):
+        return "google"
+    if m.startswith(("mistral", "mixtral", "codestral")):
+        return "mistral"
+    return model.lower().split("/")[0] if "/" in model else "unknown"
+
+
+def to_polar(row: asyncpg.Record, event_name: str, now: datetime) -> dict[str, Any]:
+    """Our ledger row as a Polar event. `total_tokens` is what the plan bills (0 when the user's own key paid);
+    `_llm` keeps the call's real numbers. The timestamp is never in the future: Polar refuses those."""
+    total = row["input_tokens"] + row["output_tokens"]
+    billable = 0 if row["custom_key"] else total
+    ts = min(row["occurred_at"], now - timedelta(seconds=2))
+    return {
+        "name": event_name,
+        "external_customer_id": row["user_id"],
+        "external_id": row["event_id"],
+        "timestamp": ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "metadata": {
+            "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"],
+            "cached_input_tokens": row["cached_input_tokens"], "total_tokens": billable,
+            "model": row["model"], "vendor": vendor_of(row["model"]), "strategy": "LLM",
+            "custom_key": row["custom_key"],
+            "_llm": {"vendor": vendor_of(row["model"]), "model": row["model"], "input_tokens": row["input_tokens"],
+                     "cached_input_tokens": row["cached_input_tokens"], "output_tokens": row["output_tokens"],
+                     "total_tokens": total},
+        },
+    }
+
+
+class PolarSync:
+    def __init__(self, rt: Runtime, polar: PolarAsync, *, event_name: str, batch_size: int = 1000,
+                 flush_interval: float = 1.0, max_requests_per_second: float = 5.0) -> None:
+        self.rt = rt
+        self.polar = polar
+        self.event_name = event_name
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.min_gap = 1.0 / max_requests_per_second
+        self._last_request = 0.0
+        self._failures = 0
+
+    async def run(self) -> None:
+        while not self.rt.stopping:
+            try:
+                sent = await self.step()
+                self._failures = 0
+            except Backoff as b:
+                RETRIES.labels(b.cause).inc()
+                log.warning("polar.ingest_retry", extra={"cause": b.cause, "wait_seconds": round(b.seconds, 2)})
+                await asyncio.sleep(b.seconds)
+                continue
+            except Exception:  # noqa: BLE001 - the database or something unexpected: back off, keep the rows
+                log.exception("polar.sync_failed")
+                await asyncio.sleep(min(30.0, 2 ** min(self._failures, 5)))
+                self._failures += 1
+                continue
+            if not sent:
+                await asyncio.sleep(0.1)
+
+    async def step(self) -> int:
+        """One batch, if one is due. Returns how many rows left the outbox."""
+        assert self.rt.pool is not None
+        async with self.rt.pool.acquire() as conn:
+            n, age = await repo.outbox_lag(conn)
+            LAG_EVENTS.set(n)
+            LAG_SECONDS.set(age)
+            if n == 0 or (n < self.batch_size and age < self.flush_interval):
+                return 0
+            async with conn.transaction():
+                rows = await repo.take_pending(conn, self.batch_size)
+                now = datetime.now(timezone.utc)
+                batch, size = [], 2
+                for row in rows:
+                    event = to_polar(row, self.event_name, now)
+                    size += len(json.dumps(event)) + 1
+                    if size > MAX_BYTES and batch:
+                        break
+                    batch.append(event)
+                return await self._send(conn, batch)
+
+    async def _send(self, conn: asyncpg.Connection, batch: list[dict[str, Any]]) -> int:
+        if not batch:
+            return 0
+        wait = self._last_request + self.min_gap - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_request = time.monotonic()
+        try:
+            result = await self.polar.events.ingest(events=batch)
+        except PolarRateLimitError as exc:
+            BATCHES.labels("rate_limited").inc()
+            raise Backoff(float(exc.retry_after or 1), "rate_limited") from exc
+        except polar_errors.HTTPValidationError as exc:
+            BATCHES.labels("refused").inc()
+            return await self._split(conn, batch, exc)
+        except (PolarServerError, PolarNetworkError) as exc:
+            BATCHES.labels("failed").inc()
+            self._failures += 1
+            delay = min(60.0, 0.5 * 2 ** min(self._failures, 7))
+            raise Backoff(random.uniform(delay / 2, delay), type(exc).__name__) from exc
+        BATCHES.labels("ok").inc()
+        SENT.inc(result.inserted)
+        POLAR_DUPLICATES.inc(result.duplicates)
+        if result.inserted + result.duplicates != len(batch):
+            log.error("polar.ingest_count_mismatch", extra={"sent": len(batch), "inserted": result.inserted,
+                                                            "duplicates": result.duplicates})
+        await repo.mark_synced(conn, [e["external_id"] for e in batch])
+        log.info("polar.ingested", extra={"events": len(batch), "inserted": result.inserted,
+                                          "duplicates": result.duplicates})
+        return len(batch)
+
+    async def _split(self, conn: asyncpg.Connection, batch: list[dict[str, Any]],
+                     exc: polar_errors.HTTPValidationError) -> int:
+        detail = (exc.error.detail if exc.error else None) or []
+        reasons: dict[int, list[str]] = {}
+        for d in detail:
+            loc = list(d.loc)
+            if len(loc) >= 3 and loc[:2] == ["body", "events"] and isinstance(loc[2], int) and loc[2] < len(batch):
+                reasons.setdefault(loc[2], []).append(f"{'.'.join(str(p) for p in loc[3:]) or 'event'}: {d.msg}")
+        if reasons:
+            for i, why in reasons.items():
+                await self._quarantine(conn, batch[i], "; ".join(why))
+            rest = [e for i, e in enumerate(batch) if i not in reasons]
+            return len(reasons) + await self._send(conn, rest)
+        if len(batch) == 1:
+            msg = "; ".join(d.msg for d in detail) or "refused by Polar (422)"
+            await self._quarantine(conn, batch[0], msg)
+            return 1
+        half = len(batch) // 2
+        return await self._send(conn, batch[:half]) + await self._send(conn, batch[half:])
+
+    async def _quarantine(self, conn: asyncpg.Connection, event: dict[str, Any], reason: str) -> None:
+        await repo.quarantine(conn, event["external_id"], f"Polar 422: {reason}")
+        QUARANTINED.inc()
+        log.warning("polar.event_quarantined", extra={"event_id": event["external_id"],
+                                                      "user_id": event["external_customer_id"], "reason": reason})

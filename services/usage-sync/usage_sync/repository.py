@@ -1,0 +1,138 @@
+"""All of usage-sync's SQL. Batches go in with `unnest`: one statement per table per batch."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from shared.periods import Period
+
+ENTITLED = ("active", "trialing", "past_due")
+
+
+async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, Period]:
+    """The current billing period of each user's plan-setting subscription (billing's rows, read only)."""
+    rows = await conn.fetch(
+        f"""SELECT DISTINCT ON (user_id) user_id, current_period_start, current_period_end FROM subscriptions
+            WHERE user_id = ANY($1::text[]) AND plan IS NOT NULL AND status IN {ENTITLED!r}
+              AND current_period_start IS NOT NULL AND current_period_end IS NOT NULL
+            ORDER BY user_id, CASE plan WHEN 'team' THEN 2 WHEN 'pro' THEN 1 ELSE 0 END DESC, version DESC""",
+        list(user_ids),
+    )
+    return {r["user_id"]: (r["current_period_start"], r["current_period_end"]) for r in rows}
+
+
+async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
+    """Ledger rows (event_id, user_id, thread_id, model, input, output, cached, custom_key, billable,
+    reservation_id, occurred_at); returns the ids actually inserted (a repeat is not)."""
+    if not rows:
+        return set()
+    cols = list(zip(*rows))
+    inserted = await conn.fetch(
+        """INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens,
+                                     cached_input_tokens, custom_key, billable_tokens, reservation_id, occurred_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                                $7::bigint[], $8::bool[], $9::bigint[], $10::text[], $11::timestamptz[])
+           ON CONFLICT (event_id) DO NOTHING
+           RETURNING event_id""",
+        *cols,
+    )
+    return {r["event_id"] for r in inserted}
+
+
+async def add_threads(conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime, str]]) -> list[tuple[str, datetime]]:
+    """Remember (user, period, thread); returns the (user, period) of each thread seen for the first time."""
+    if not rows:
+        return []
+    users, periods, threads = zip(*sorted(set(rows)))
+    new = await conn.fetch(
+        """INSERT INTO usage_threads (user_id, period_start, thread_id)
+           SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[])
+           ON CONFLICT DO NOTHING RETURNING user_id, period_start""",
+        list(users), list(periods), list(threads),
+    )
+    return [(r["user_id"], r["period_start"]) for r in new]
+
+
+async def add_to_counters(conn: asyncpg.Connection, deltas: dict[tuple[str, str, datetime, datetime], int]) -> None:
+    """used += delta for each (user, limit, period_start, period_end). Sorted, so two writers lock rows in the same
+    order and cannot deadlock."""
+    items = sorted((k, v) for k, v in deltas.items() if v)
+    if not items:
+        return
+    users, limits, starts, ends = zip(*(k for k, _ in items))
+    await conn.execute(
+        """INSERT INTO usage_counters (user_id, limit_name, period_start, period_end, used)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+           ON CONFLICT (user_id, limit_name, period_start)
+           DO UPDATE SET used = usage_counters.used + EXCLUDED.used, updated_at = now()""",
+        list(users), list(limits), list(starts), list(ends), [v for _, v in items],
+    )
+
+
+async def settle_reservations(conn: asyncpg.Connection, reservation_ids: Sequence[str]) -> int:
+    if not reservation_ids:
+        return 0
+    result = await conn.execute(
+        "UPDATE usage_reservations SET settled_at = now() WHERE id = ANY($1::text[]) "
+        "AND settled_at IS NULL AND released_at IS NULL",
+        list(reservation_ids),
+    )
+    return int(result.split()[-1])
+
+
+async def insert_dead_letters(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
+    """(subject, msg_id, stream_seq, headers, payload, reason, deliveries)"""
+    if not rows:
+        return
+    await conn.executemany(
+        """INSERT INTO dead_letters (source, subject, msg_id, stream_seq, headers, payload, reason, deliveries)
+           VALUES ('usage-sync', $1, $2, $3, $4, $5, $6, $7)""",
+        rows,
+    )
+
+
+# --- the outbox to Polar --------------------------------------------------------------------------------------
+async def take_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Unsynced rows, locked for this transaction: another usage-sync process skips them."""
+    return await conn.fetch(
+        """SELECT event_id, user_id, model, input_tokens, output_tokens, cached_input_tokens, occurred_at, custom_key
+           FROM usage_events WHERE sync_status = 'pending'
+           ORDER BY received_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+
+
+async def mark_synced(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:
+    await conn.execute(
+        "UPDATE usage_events SET sync_status = 'synced', synced_at = now(), sync_attempts = sync_attempts + 1 "
+        "WHERE event_id = ANY($1::text[])",
+        list(event_ids),
+    )
+
+
+async def quarantine(conn: asyncpg.Connection, event_id: str, reason: str) -> None:
+    await conn.execute(
+        "UPDATE usage_events SET sync_status = 'quarantined', sync_error = $2, sync_attempts = sync_attempts + 1 "
+        "WHERE event_id = $1",
+        event_id, reason[:2000],
+    )
+
+
+async def requeue_quarantined(conn: asyncpg.Connection, event_ids: Sequence[str] | None) -> int:
+    """Operator's re-send after a fix: quarantined rows (all, or those named) become pending again."""
+    result = await conn.execute(
+        "UPDATE usage_events SET sync_status = 'pending', sync_error = NULL "
+        "WHERE sync_status = 'quarantined' AND ($1::text[] IS NULL OR event_id = ANY($1::text[]))",
+        list(event_ids) if event_ids else None,
+    )
+    return int(result.split()[-1])
+
+
+async def outbox_lag(conn: asyncpg.Connection) -> tuple[int, float]:
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(received_at)), 0) AS age "
+        "FROM usage_events WHERE sync_status = 'pending'"
+    )
+    return int(row["n"]), float(row["age"])

@@ -23,11 +23,15 @@ async def _body(request: Request) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+KINDS = ("500", "502", "429", "timeout", "drop", "hold")
+
+
 async def set_fault(request: Request) -> Response:
-    """{"path": "/v1/events/ingest", "kind": "500|502|429|timeout|drop", "count": N, "retry_after": s}"""
+    """{"path": "/v1/events/ingest", "kind": "500|502|429|timeout|drop|hold", "count": N, "retry_after": s,
+    "hang_seconds": s}. timeout: hang, then 504; hold: do the work, then hold the answer hang_seconds."""
     b = await _body(request)
-    if b.get("kind") not in ("500", "502", "429", "timeout", "drop") or not b.get("path"):
-        return JSONResponse({"error": "path and kind (500|502|429|timeout|drop) are required"}, status_code=400)
+    if b.get("kind") not in KINDS or not b.get("path"):
+        return JSONResponse({"error": f"path and kind ({'|'.join(KINDS)}) are required"}, status_code=400)
     fault = Fault(path=b["path"], kind=b["kind"], remaining=int(b.get("count", 1)),
                   retry_after=int(b.get("retry_after", 1)), hang_seconds=float(b.get("hang_seconds", 30)))
     request.app.state.store.faults.append(fault)

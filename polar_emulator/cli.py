@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(action).add_argument("user")
     fault = sub.add_parser("fault")
     fault.add_argument("path")
-    fault.add_argument("kind", choices=["500", "502", "429", "timeout", "drop"])
+    fault.add_argument("kind", choices=["500", "502", "429", "timeout", "drop", "hold"])
     fault.add_argument("--count", type=int, default=1)
     fault.add_argument("--retry-after", type=int, default=1)
     sub.add_parser("latency").add_argument("seconds", type=float)

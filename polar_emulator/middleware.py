@@ -67,6 +67,18 @@ class PolarEdge:
             if fault.kind == "timeout":
                 await asyncio.sleep(fault.hang_seconds)
                 return await _json(send, 504, {"detail": "Gateway Timeout"})
+            if fault.kind == "hold":
+                # Do the work, then hold the answer: the caller cannot know it succeeded (crash tests).
+                held: list[dict[str, Any]] = []
+
+                async def hold(message: dict[str, Any]) -> None:
+                    held.append(message)
+
+                await self.app(scope, receive, hold)
+                await asyncio.sleep(fault.hang_seconds)
+                for message in held:
+                    await send(message)
+                return
             if fault.kind == "drop":
                 # Start a response, then break off: the client sees the connection drop mid-answer.
                 await send({"type": "http.response.start", "status": 200,

@@ -1,18 +1,14 @@
-"""Wiring only: the runtime, the subscriber, the Polar sync loop, the lifespan."""
+"""Wiring only: the runtime, the usage consumer, the Polar sync loop, the lifespan."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
-
-from faststream import AckPolicy, Context
-from faststream.nats import JStream, PullSub
-from faststream.nats.message import NatsBatchMessage
 from polar.v2026_10 import PolarAsync
 from starlette.applications import Starlette
 
 from shared import topology
-from shared.service import Runtime, new_runtime, service_app
+from shared.pull import BatchPuller
+from shared.service import GRACEFUL_TIMEOUT, Runtime, new_runtime, service_app
 
 from . import handlers
 from .polar_sync import PolarSync
@@ -25,15 +21,15 @@ log = logging.getLogger(__name__)
 def build_app(settings: UsageSyncSettings) -> Starlette:
     rt = new_runtime(SERVICE, settings)
 
-    @rt.broker.subscriber(
-        f"{topology.USAGE_SUBJECT_PREFIX}.>",
-        stream=JStream(topology.USAGE.name, declare=False),
-        durable=topology.USAGE_SYNC.name,
-        pull_sub=PullSub(batch_size=settings.usage_batch_size, timeout=settings.usage_batch_wait_seconds, batch=True),
-        ack_policy=AckPolicy.MANUAL,  # each message is acked or terminated on its own, after the commit
-    )
-    async def on_usage(msg: Annotated[NatsBatchMessage, Context("message")]) -> None:
-        await handlers.on_usage_batch(msg, rt)
+    async def start_consuming(rt: Runtime) -> None:
+        puller = BatchPuller(rt.broker.connection.jetstream(timeout=10), topology.USAGE.name,
+                             topology.USAGE_SYNC.name, lambda msgs: handlers.on_usage_batch(msgs, rt),
+                             batch_size=settings.usage_batch_size, max_wait=settings.usage_batch_wait_seconds)
+        puller.start()
+        rt.extra["puller"] = puller
+
+    async def stop_consuming(rt: Runtime) -> None:
+        await rt.extra["puller"].stop(timeout=GRACEFUL_TIMEOUT)  # the batch in hand is committed and acked
 
     async def start_sync(rt: Runtime) -> None:
         if not settings.polar_configured:
@@ -57,4 +53,4 @@ def build_app(settings: UsageSyncSettings) -> Starlette:
         if "polar" in rt.extra:
             await rt.extra["polar"].__aexit__(None, None, None)
 
-    return service_app(rt, on_start=[start_sync], on_stop=[stop_sync])
+    return service_app(rt, on_start=[start_consuming, start_sync], on_stop=[stop_consuming, stop_sync])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from faststream.nats.message import NatsBatchMessage
+from nats.aio.msg import Msg
 from prometheus_client import Counter, Histogram
 
 from shared import topology
@@ -21,9 +21,8 @@ DEAD = Counter("usage_events_dead_lettered_total", "Usage messages refused, by r
 BATCH = Histogram("usage_batch_size", "Messages per consumed batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 
 
-async def on_usage_batch(msg: NatsBatchMessage, rt: Runtime) -> None:
+async def on_usage_batch(msgs: list[Msg], rt: Runtime) -> None:
     """Record the batch and commit, then ack the good messages and terminate the bad ones (dead-lettered)."""
-    msgs = msg.raw_message
     RECEIVED.inc(len(msgs))
     BATCH.observe(len(msgs))
     parsed = ledger.parse(msgs)

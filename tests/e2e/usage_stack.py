@@ -1,0 +1,63 @@
+"""usage-sync as a process against the session's NATS, a database of its own and the Polar emulator."""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import nats
+
+from shared import topology
+from shared.client import BillingClient
+from shared.contracts import UsageEvent
+from tests.e2e.procs import ServiceProcess, base_env, start_service
+from tests.support.emulator import TOKEN
+
+
+def usage_env(nats_url: str, database_url: str, emulator: ServiceProcess, **extra: str) -> dict[str, str]:
+    return base_env(NATS_URL=nats_url, DATABASE_URL=database_url, POLAR_ACCESS_TOKEN=TOKEN,
+                    POLAR_SERVER=emulator.url, POLAR_FLUSH_INTERVAL_SECONDS="0.2",
+                    POLAR_MAX_REQUESTS_PER_SECOND="8", **extra)
+
+
+async def reset_usage_consumer(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await topology.ensure_topology(js)
+        await js.purge_stream(topology.USAGE.name)
+        await js.delete_consumer(topology.USAGE.name, topology.USAGE_SYNC.name)
+        await topology.ensure_topology(js)
+    finally:
+        await nc.close()
+
+
+def start_usage_sync(env: dict[str, str], log_dir: Path, **extra: str) -> ServiceProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    svc = start_service("usage-sync", {**env, **extra}, log_dir)
+    svc.wait_ready()
+    return svc
+
+
+def make_events(n: int, users: Sequence[str], seed: int = 7, tag: str = "") -> list[UsageEvent]:
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    return [
+        UsageEvent(event_id=f"ev-{tag}{i}", user_id=rng.choice(users), thread_id=f"th-{rng.randint(1, 40)}",
+                   model=rng.choice(["gpt-4o", "claude-3-5-haiku-latest"]), input_tokens=rng.randint(0, 2000),
+                   output_tokens=rng.randint(0, 800), cached_input_tokens=rng.randint(0, 100),
+                   custom_key=rng.random() < 0.1, occurred_at=now - timedelta(seconds=rng.randint(5, 600)))
+        for i in range(n)
+    ]
+
+
+async def publish(client: BillingClient, events: Sequence[UsageEvent], concurrency: int = 300) -> None:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(e: UsageEvent) -> None:
+        async with sem:
+            await client.publish_usage(e)
+
+    await asyncio.gather(*(one(e) for e in events))

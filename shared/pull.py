@@ -4,14 +4,13 @@ Why not FastStream's `PullSub(batch=True)`: in 0.7.8 its gathering loop catches 
 nats-py 2.16's `fetch` raises a plain `asyncio.TimeoutError` once the deadline is spent; the batch gathered so far is
 then dropped unacked and comes back only after `ack_wait` (seen: 445 events 60 s late in a 10,000-event test).
 
-The loop waits for a first message, gathers up to `batch_size` for at most `max_wait` from then, and hands the batch
-to `handle`, which acks / naks / terms each message. `stop()` lets the batch in hand finish.
+Each batch is one fetch (see `_gather`), handed to `handle`, which acks / naks / terms each message.
+`stop()` lets the batch in hand finish.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -26,13 +25,12 @@ IDLE_WAIT = 5.0  # how long one fetch waits for the first message of a batch
 
 class BatchPuller:
     def __init__(self, js: JetStreamContext, stream: str, durable: str, handle: Callable[[list[Msg]], Awaitable[None]],
-                 *, batch_size: int, max_wait: float) -> None:
+                 *, batch_size: int) -> None:
         self.js = js
         self.stream = stream
         self.durable = durable
         self.handle = handle
         self.batch_size = batch_size
-        self.max_wait = max_wait
         self._running = True
         self._handling = False
         self._task: asyncio.Task | None = None
@@ -78,17 +76,11 @@ class BatchPuller:
                     self._handling = False
 
     async def _gather(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """One fetch: it returns at once with what is available (up to batch_size), or waits for a first message.
+        Under load messages pile up while the previous batch is handled, so batches grow with the load. Follow-up
+        fetches with short deadlines would leave pull requests that expire on our side before the server's:
+        messages delivered to them wait out ack_wait (seen: a 60 s stall)."""
         try:
-            msgs = await sub.fetch(self.batch_size, timeout=IDLE_WAIT)
+            return await sub.fetch(self.batch_size, timeout=IDLE_WAIT)
         except TIMEOUTS:
             return []
-        deadline = time.monotonic() + self.max_wait
-        while len(msgs) < self.batch_size and self._running:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0.005:
-                break
-            try:
-                msgs += await sub.fetch(self.batch_size - len(msgs), timeout=remaining)
-            except TIMEOUTS:
-                break
-        return msgs

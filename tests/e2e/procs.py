@@ -60,6 +60,14 @@ class ServiceProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    def stop_or_kill(self, timeout: float = 5.0) -> None:
+        """For the emulator, which may be holding a response on purpose: uvicorn would wait for it."""
+        try:
+            self.stop(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
 
 def start_service(name: str, env: dict[str, str], log_dir: Path) -> ServiceProcess:
     module, port_var = SERVICES[name]

@@ -17,7 +17,7 @@ from shared.periods import day_of, month_of
 from tests.conftest import Servers
 from tests.e2e.procs import ServiceProcess
 from tests.e2e.stack import eventually
-from tests.e2e.usage_stack import make_events, publish, reset_usage_consumer, start_usage_sync, usage_env
+from tests.e2e.usage_stack import make_events, publish, reset_usage_consumer, start_usage_sync, stop_all, usage_env
 from tests.support.emulator import TOKEN, admin, start_emulator
 
 USERS = [f"usr_{i}" for i in range(25)]
@@ -32,9 +32,10 @@ async def usage(servers: Servers, database_url: str, tmp_path) -> AsyncIterator[
     client = await BillingClient.connect(servers.nats_url)
     db = await connect(database_url)
     yield emulator, env, client, db
+    stop_all()
     await db.close()
     await client.close()
-    emulator.stop()
+    emulator.stop_or_kill()
 
 
 async def test_ten_thousand_events_published_up_to_three_times_shuffled_are_counted_and_billed_once(usage, tmp_path) -> None:

@@ -34,11 +34,24 @@ async def reset_usage_consumer(nats_url: str) -> None:
         await nc.close()
 
 
+STARTED: list[ServiceProcess] = []
+
+
 def start_usage_sync(env: dict[str, str], log_dir: Path, **extra: str) -> ServiceProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     svc = start_service("usage-sync", {**env, **extra}, log_dir)
+    STARTED.append(svc)
     svc.wait_ready()
     return svc
+
+
+def stop_all() -> None:
+    """Every usage-sync a test started: none may outlive it and consume the next test's events."""
+    while STARTED:
+        svc = STARTED.pop()
+        if svc.proc.poll() is None:
+            svc.proc.kill()
+            svc.proc.wait(10)
 
 
 def make_events(n: int, users: Sequence[str], seed: int = 7, tag: str = "") -> list[UsageEvent]:

@@ -1,5 +1,11 @@
-"""make bench: every benchmark, each beside its raw baseline in the same run."""
-from bench import ingress
+"""make bench: every benchmark, each beside its raw baseline in the same run. `make bench BENCH=usage` runs one."""
+import os
+
+from bench import ingress, usage_ingest
 
 if __name__ == "__main__":
-    ingress.main()
+    which = os.environ.get("BENCH", "all")
+    if which in ("all", "ingress"):
+        ingress.main()
+    if which in ("all", "usage"):
+        usage_ingest.main()

@@ -4,7 +4,6 @@ Counters move only for ledger rows actually inserted, so a redelivered or republ
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -55,17 +54,15 @@ def parse(msgs: list[Msg]) -> Parsed:
     out = Parsed()
     for m in msgs:
         try:
-            data = json.loads(m.data)
-        except (ValueError, UnicodeDecodeError):
-            out.bad.append(Bad(m, "malformed JSON"))
-            continue
-        if not isinstance(data, dict):
-            out.bad.append(Bad(m, "not a JSON object"))
-            continue
-        try:
-            out.good.append((m, UsageEvent.model_validate(data)))
+            out.good.append((m, UsageEvent.model_validate_json(m.data)))
         except ValidationError as exc:
-            out.bad.append(Bad(m, _reason(exc)))
+            kinds = {e["type"] for e in exc.errors(include_url=False)}
+            if "json_invalid" in kinds:
+                out.bad.append(Bad(m, "malformed JSON"))
+            elif "model_type" in kinds:
+                out.bad.append(Bad(m, "not a JSON object"))
+            else:
+                out.bad.append(Bad(m, _reason(exc)))
     return out
 
 

@@ -50,3 +50,107 @@ class UsageEvent(Contract):
     def billable_tokens(self) -> int:
         """Tokens the user's plan pays for: none when the user's own API key paid the provider."""
         return 0 if self.custom_key else self.total_tokens
+
+
+# --- billing.rpc.* (core NATS request/reply) ---------------------------------------------------------------------
+class CheckRequest(Contract):
+    user_id: str = Field(min_length=1, max_length=256)
+    model: str | None = Field(None, max_length=200)
+    thread_id: str | None = Field(None, max_length=256)
+    custom_key: bool = False
+    estimated_tokens: int | None = Field(None, ge=0)
+
+
+class ReserveRequest(CheckRequest):
+    estimated_tokens: int = Field(ge=0)
+    ttl_seconds: int = Field(300, ge=1, le=3600)
+
+
+class ReleaseRequest(Contract):
+    reservation_id: str = Field(min_length=1, max_length=128)
+
+
+class StatusRequest(Contract):
+    user_id: str = Field(min_length=1, max_length=256)
+
+
+class CheckoutRequest(Contract):
+    user_id: str = Field(min_length=1, max_length=256)
+    plan: str = Field(min_length=1, max_length=32)
+    success_url: str | None = Field(None, max_length=2000)
+    return_url: str | None = Field(None, max_length=2000)
+
+
+class PortalRequest(Contract):
+    user_id: str = Field(min_length=1, max_length=256)
+    return_url: str | None = Field(None, max_length=2000)
+
+
+class LimitState(Contract):
+    used: int
+    limit: int | None  # None = unlimited
+    resets_at: datetime | None
+
+
+class CheckReply(Contract):
+    allowed: bool
+    plan: str
+    reason: str | None  # tokens_per_month | threads_per_month | messages_per_day | model_not_in_plan |
+    #                     custom_key_not_in_plan | subscription_inactive
+    resets_at: datetime | None
+    limits: dict[str, LimitState]
+    overage: bool
+
+
+class ReserveReply(CheckReply):
+    reservation_id: str | None = None
+
+
+class ReleaseReply(Contract):
+    released: bool
+
+
+class Credits(Contract):
+    granted: int
+    used: int
+    balance: int
+
+
+class StatusReply(Contract):
+    plan: str
+    status: str | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    limits: dict[str, LimitState]
+    credits: Credits
+    customer_id: str | None
+
+
+class LinkReply(Contract):
+    url: str
+    expires_at: datetime
+    checkout_id: str | None = None
+
+
+class ErrorBody(Contract):
+    code: str  # invalid_request | unknown_plan | plan_not_available | no_customer | polar_not_configured |
+    #            polar_unavailable | polar_rate_limited | polar_rejected | not_found | internal
+    message: str
+    field: str | None = None
+    retry_after: int | None = None
+
+
+class ErrorReply(Contract):
+    error: ErrorBody
+
+
+class UsageThreshold(Contract):
+    """`billing.event.usage.threshold`: usage crossed 80 % or 100 % of a limit in a period (once each)."""
+
+    user_id: str
+    limit: str
+    percent: int
+    used: int
+    limit_value: int
+    resets_at: datetime

@@ -123,3 +123,34 @@ async def test_bad_messages_are_dead_lettered_with_their_reason_and_the_rest_of_
     metrics = httpx.get(f"{svc.url}/metrics/").text
     assert 'usage_events_dead_lettered_total{reason="malformed JSON"} 1.0' in metrics
     assert svc.stop() == 0
+
+
+async def test_usage_crossing_80_and_100_percent_publishes_one_event_each(usage, servers: Servers, tmp_path) -> None:
+    emulator, env, client, db = usage
+    start_usage_sync(env, tmp_path / "us")
+    u = f"usr_thr_{random.randint(0, 10**9)}"
+    events = make_events(60, [u], tag=f"thr{u}")
+    for e in events:  # 60 × 2,000 = 120,000 tokens on Free's 100,000, in several batches, some concurrent
+        e.input_tokens, e.output_tokens, e.custom_key = 2000, 0, False
+    await publish(client, events[:30], concurrency=5)
+    await publish(client, events[30:], concurrency=50)
+
+    async def two_published() -> bool:
+        return await db.fetchval("SELECT count(*) FROM usage_thresholds WHERE user_id=$1 AND published_at IS NOT NULL",
+                                 u) == 2
+
+    await eventually(two_published)
+    nc = await nats.connect(servers.nats_url)
+    try:
+        sub = await nc.jetstream().subscribe("billing.event.usage.threshold", ordered_consumer=True)
+        seen = []
+        try:
+            while True:
+                body = json.loads((await sub.next_msg(timeout=2)).data)
+                if body["user_id"] == u:
+                    seen.append((body["limit"], body["percent"], body["limit_value"]))
+        except nats.errors.TimeoutError:
+            pass
+    finally:
+        await nc.close()
+    assert seen == [("tokens_per_month", 80, 100_000), ("tokens_per_month", 100, 100_000)]

@@ -6,13 +6,14 @@ import asyncio
 from faststream import AckPolicy
 from faststream.nats import JStream, PullSub
 from faststream.nats.annotations import NatsMessage as CurrentMessage
+from polar.v2026_10 import PolarAsync
 from starlette.applications import Starlette
 
 from shared import topology
 from shared.plans import PlanCatalog
 from shared.service import Runtime, new_runtime, service_app
 
-from . import cron, handlers, outbox
+from . import cron, handlers, outbox, rpc
 from .settings import BillingSettings
 
 SERVICE = "billing"
@@ -34,6 +35,26 @@ def build_app(settings: BillingSettings) -> Starlette:
     async def on_webhook(msg: CurrentMessage) -> None:
         await handlers.on_webhook(msg, rt)
 
+    def serve_rpc(verb: str, fn: rpc.Handler) -> None:
+        # Core request/reply in a queue group: several billing processes share the load.
+        @broker.subscriber(topology.rpc_subject(verb), queue=topology.RPC_QUEUE)
+        async def on_rpc(msg: CurrentMessage) -> dict:
+            return await rpc.answer(verb, rt, msg.body, fn)
+
+    for verb, fn in rpc.VERBS.items():
+        serve_rpc(verb, fn)
+
+    async def start_polar(rt: Runtime) -> None:
+        if settings.polar_configured:
+            assert settings.polar_access_token is not None
+            rt.extra["polar"] = PolarAsync(settings.polar_access_token.get_secret_value(),
+                                           base_url=settings.polar_base_url,
+                                           organization_id=settings.polar_organization_id, timeout=5.0)
+
+    async def stop_polar(rt: Runtime) -> None:
+        if "polar" in rt.extra:
+            await rt.extra["polar"].__aexit__(None, None, None)
+
     async def start_jobs(rt: Runtime) -> None:
         rt.extra["jobs"] = [
             asyncio.create_task(cron.retention_loop(rt, settings.webhook_log_retention_days)),
@@ -44,5 +65,5 @@ def build_app(settings: BillingSettings) -> Starlette:
         for task in rt.extra.get("jobs", []):
             task.cancel()
 
-    return service_app(rt, on_start=[start_jobs], on_stop=[stop_jobs])
+    return service_app(rt, on_start=[start_polar, start_jobs], on_stop=[stop_jobs, stop_polar])
 

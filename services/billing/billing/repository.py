@@ -159,3 +159,56 @@ async def take_outbox(conn: asyncpg.Connection, limit: int = 100) -> list[asyncp
 
 async def mark_published(conn: asyncpg.Connection, ids: list[int]) -> None:
     await conn.execute("UPDATE billing_outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
+
+
+# --- limits: the user's whole state in one round trip ------------------------------------------------------------
+async def user_state(conn: asyncpg.Connection, user_id: str, now: datetime, thread_id: str | None) -> asyncpg.Record:
+    """The plan-setting subscription, the current counters, the open reservations, and the periods in which
+    `thread_id` was already seen: one statement."""
+    return await conn.fetchrow(
+        f"""WITH sub AS (
+                SELECT id, plan, status, current_period_start, current_period_end, cancel_at_period_end
+                FROM subscriptions WHERE user_id = $1 AND plan IS NOT NULL
+                ORDER BY (status IN {ENTITLED_STATUSES!r}) DESC, {PLAN_RANK} DESC, version DESC LIMIT 1)
+            SELECT
+              (SELECT to_jsonb(sub) FROM sub) AS sub,
+              (SELECT coalesce(jsonb_agg(jsonb_build_array(limit_name, period_start, used)), '[]'::jsonb)
+                 FROM usage_counters WHERE user_id = $1 AND period_end > $2) AS counters,
+              (SELECT coalesce(jsonb_agg(jsonb_build_array(period_start, estimated_tokens, new_thread, thread_id)),
+                               '[]'::jsonb)
+                 FROM usage_reservations WHERE user_id = $1 AND settled_at IS NULL AND released_at IS NULL
+                  AND expires_at > $2) AS reservations,
+              (SELECT coalesce(jsonb_agg(period_start), '[]'::jsonb)
+                 FROM usage_threads WHERE user_id = $1 AND thread_id = $3) AS thread_periods""",
+        user_id, now, thread_id or "",
+    )
+
+
+async def insert_reservation(conn: asyncpg.Connection, reservation_id: str, user_id: str, thread_id: str | None,
+                             new_thread: bool, estimated_tokens: int, period_start: datetime,
+                             expires_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO usage_reservations (id, user_id, thread_id, new_thread, estimated_tokens, period_start,
+                                           expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        reservation_id, user_id, thread_id, new_thread, estimated_tokens, period_start, expires_at,
+    )
+
+
+async def release_reservation(conn: asyncpg.Connection, reservation_id: str) -> bool:
+    result = await conn.execute(
+        "UPDATE usage_reservations SET released_at = now() WHERE id = $1 AND settled_at IS NULL "
+        "AND released_at IS NULL",
+        reservation_id,
+    )
+    return result.endswith(" 1")
+
+
+async def customer_id_of(conn: asyncpg.Connection, user_id: str) -> str | None:
+    return await conn.fetchval(
+        "SELECT id FROM customers WHERE user_id = $1 ORDER BY (deleted_at IS NULL) DESC, version DESC LIMIT 1", user_id)
+
+
+async def credits_granted(conn: asyncpg.Connection, user_id: str) -> int:
+    """Meter credits of the user's live grants (credited per period)."""
+    return int(await conn.fetchval(
+        "SELECT coalesce(sum(units), 0) FROM meter_credits WHERE user_id = $1 AND revoked_at IS NULL", user_id))

@@ -10,7 +10,7 @@ from shared import topology
 from shared.pull import BatchPuller
 from shared.service import GRACEFUL_TIMEOUT, Runtime, new_runtime, service_app
 
-from . import handlers
+from . import handlers, thresholds
 from .polar_sync import PolarSync
 from .settings import UsageSyncSettings
 
@@ -27,9 +27,11 @@ def build_app(settings: UsageSyncSettings) -> Starlette:
                              batch_size=settings.usage_batch_size)
         puller.start()
         rt.extra["puller"] = puller
+        rt.extra["thresholds"] = asyncio.create_task(thresholds.loop(rt))
 
     async def stop_consuming(rt: Runtime) -> None:
         await rt.extra["puller"].stop(timeout=GRACEFUL_TIMEOUT)  # the batch in hand is committed and acked
+        rt.extra["thresholds"].cancel()
 
     async def start_sync(rt: Runtime) -> None:
         if not settings.polar_configured:

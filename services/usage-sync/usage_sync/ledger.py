@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from shared.contracts import UsageEvent
 from shared.periods import billing_period, day_of
-from shared.plans import LimitName
+from shared.plans import PLANS, LimitName, PlanName
 
 from . import repository as repo
 
@@ -66,6 +66,22 @@ def parse(msgs: list[Msg]) -> Parsed:
     return out
 
 
+THRESHOLDS = (80, 100)
+
+
+def crossings(counters: list[asyncpg.Record], plans: dict[str, str]) -> list[tuple]:
+    """Each threshold a counter now stands at or past, under the user's plan (Free without a paid subscription)."""
+    out = []
+    for c in counters:
+        limit = PLANS[PlanName(plans.get(c["user_id"], "free"))].limit(LimitName(c["limit_name"]))
+        if not limit:
+            continue
+        for pct in THRESHOLDS:
+            if c["used"] * 100 >= pct * limit:
+                out.append((c["user_id"], c["limit_name"], c["period_start"], pct, c["used"], limit, c["period_end"]))
+    return out
+
+
 def dead_letter_row(bad: Bad) -> tuple:
     meta = bad.msg.metadata
     headers = dict(bad.msg.headers or {})
@@ -79,7 +95,7 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], bad: list[B
     for e in events:
         unique.setdefault(e.event_id, e)  # a repeat inside the batch is a duplicate like any other
     async with conn.transaction():
-        periods = await repo.paid_periods(conn, sorted({e.user_id for e in unique.values()}))
+        paid = await repo.paid_periods(conn, sorted({e.user_id for e in unique.values()}))
         inserted = await repo.insert_events(conn, [
             (e.event_id, e.user_id, e.thread_id, e.model, e.input_tokens, e.output_tokens, e.cached_input_tokens,
              e.custom_key, e.billable_tokens, e.reservation_id, e.occurred_at)
@@ -92,7 +108,7 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], bad: list[B
         for e in unique.values():
             if e.event_id not in inserted:
                 continue
-            start, end = billing_period(periods.get(e.user_id), e.occurred_at)
+            start, end = billing_period(paid[e.user_id][1] if e.user_id in paid else None, e.occurred_at)
             if e.billable_tokens:
                 deltas[(e.user_id, LimitName.TOKENS_PER_MONTH.value, start, end)] += e.billable_tokens
             d_start, d_end = day_of(e.occurred_at)
@@ -103,7 +119,8 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], bad: list[B
                 reservations.append(e.reservation_id)
         for user_id, start in await repo.add_threads(conn, threads):
             deltas[(user_id, LimitName.THREADS_PER_MONTH.value, start, period_end[(user_id, start)])] += 1
-        await repo.add_to_counters(conn, deltas)
+        counters = await repo.add_to_counters(conn, deltas)
+        await repo.add_thresholds(conn, crossings(counters, {u: plan for u, (plan, _) in paid.items()}))
         settled = await repo.settle_reservations(conn, reservations)
         await repo.insert_dead_letters(conn, [dead_letter_row(b) for b in bad])
     return Recorded(inserted=len(inserted), duplicates=len(events) - len(inserted), settled=settled)

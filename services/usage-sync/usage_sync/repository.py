@@ -11,16 +11,16 @@ from shared.periods import Period
 ENTITLED = ("active", "trialing", "past_due")
 
 
-async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, Period]:
-    """The current billing period of each user's plan-setting subscription (billing's rows, read only)."""
+async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, tuple[str, Period]]:
+    """The plan and current billing period of each user's plan-setting subscription (billing's rows, read only)."""
     rows = await conn.fetch(
-        f"""SELECT DISTINCT ON (user_id) user_id, current_period_start, current_period_end FROM subscriptions
+        f"""SELECT DISTINCT ON (user_id) user_id, plan, current_period_start, current_period_end FROM subscriptions
             WHERE user_id = ANY($1::text[]) AND plan IS NOT NULL AND status IN {ENTITLED!r}
               AND current_period_start IS NOT NULL AND current_period_end IS NOT NULL
             ORDER BY user_id, CASE plan WHEN 'team' THEN 2 WHEN 'pro' THEN 1 ELSE 0 END DESC, version DESC""",
         list(user_ids),
     )
-    return {r["user_id"]: (r["current_period_start"], r["current_period_end"]) for r in rows}
+    return {r["user_id"]: (r["plan"], (r["current_period_start"], r["current_period_end"])) for r in rows}
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
@@ -55,19 +55,52 @@ async def add_threads(conn: asyncpg.Connection, rows: Sequence[tuple[str, dateti
     return [(r["user_id"], r["period_start"]) for r in new]
 
 
-async def add_to_counters(conn: asyncpg.Connection, deltas: dict[tuple[str, str, datetime, datetime], int]) -> None:
-    """used += delta for each (user, limit, period_start, period_end). Sorted, so two writers lock rows in the same
-    order and cannot deadlock."""
+async def add_to_counters(conn: asyncpg.Connection, deltas: dict[tuple[str, str, datetime, datetime], int]
+                          ) -> list[asyncpg.Record]:
+    """used += delta for each (user, limit, period_start, period_end); returns the counters as they now stand.
+    Sorted, so two writers lock rows in the same order and cannot deadlock."""
     items = sorted((k, v) for k, v in deltas.items() if v)
     if not items:
-        return
+        return []
     users, limits, starts, ends = zip(*(k for k, _ in items))
-    await conn.execute(
+    return await conn.fetch(
         """INSERT INTO usage_counters (user_id, limit_name, period_start, period_end, used)
            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
            ON CONFLICT (user_id, limit_name, period_start)
-           DO UPDATE SET used = usage_counters.used + EXCLUDED.used, updated_at = now()""",
+           DO UPDATE SET used = usage_counters.used + EXCLUDED.used, updated_at = now()
+           RETURNING user_id, limit_name, period_start, period_end, used""",
         list(users), list(limits), list(starts), list(ends), [v for _, v in items],
+    )
+
+
+async def add_thresholds(conn: asyncpg.Connection, rows: Sequence[tuple]) -> int:
+    """(user, limit, period_start, percent, used, limit_value, resets_at): the first crossing of each is kept."""
+    if not rows:
+        return 0
+    cols = list(zip(*rows))
+    result = await conn.fetch(
+        """INSERT INTO usage_thresholds (user_id, limit_name, period_start, percent, used, limit_value, resets_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::bigint[], $6::bigint[],
+                                $7::timestamptz[])
+           ON CONFLICT DO NOTHING RETURNING percent""",
+        *cols,
+    )
+    return len(result)
+
+
+async def take_unpublished_thresholds(conn: asyncpg.Connection, limit: int = 200) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM usage_thresholds WHERE published_at IS NULL ORDER BY created_at LIMIT $1 "
+        "FOR UPDATE SKIP LOCKED", limit)
+
+
+async def mark_thresholds_published(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> None:
+    await conn.execute(
+        """UPDATE usage_thresholds t SET published_at = now()
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[]) AS k(u, l, p, pc)
+           WHERE t.user_id = k.u AND t.limit_name = k.l AND t.period_start = k.p AND t.percent = k.pc""",
+        [r["user_id"] for r in rows], [r["limit_name"] for r in rows], [r["period_start"] for r in rows],
+        [r["percent"] for r in rows],
     )
 
 

@@ -104,10 +104,9 @@ class BillingClient:
                                         timeout=timeout or self.timeout)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
             raise BillingUnavailable(f"billing.rpc.{verb}: {type(exc).__name__}") from exc
-        data = json.loads(msg.data)
-        if "error" in data:
-            raise BillingError(ErrorBody.model_validate(data["error"]))
-        return reply_type.model_validate(data)
+        if msg.data.startswith(b'{"error"'):
+            raise BillingError(ErrorBody.model_validate(json.loads(msg.data)["error"]))
+        return reply_type.model_validate_json(msg.data)
 
     def _degraded(self, verb: str, policy: Policy, user_id: str, exc: BillingUnavailable) -> CheckReply:
         DEGRADED.labels(verb, policy).inc()

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 
 from shared import topology
 from shared.plans import PlanCatalog
-from shared.service import Runtime, new_runtime, service_app
+from shared.service import GRACEFUL_TIMEOUT, Runtime, new_runtime, service_app
 
 from . import cron, handlers, outbox, rpc
 from .settings import BillingSettings
@@ -35,14 +35,12 @@ def build_app(settings: BillingSettings) -> Starlette:
     async def on_webhook(msg: CurrentMessage) -> None:
         await handlers.on_webhook(msg, rt)
 
-    def serve_rpc(verb: str, fn: rpc.Handler) -> None:
-        # Core request/reply in a queue group: several billing processes share the load.
-        @broker.subscriber(topology.rpc_subject(verb), queue=topology.RPC_QUEUE)
-        async def on_rpc(msg: CurrentMessage) -> dict:
-            return await rpc.answer(verb, rt, msg.body, fn)
+    async def start_rpc(rt: Runtime) -> None:
+        rt.extra["rpc"] = rpc.RpcServer(rt)
+        await rt.extra["rpc"].start()
 
-    for verb, fn in rpc.VERBS.items():
-        serve_rpc(verb, fn)
+    async def stop_rpc(rt: Runtime) -> None:
+        await rt.extra["rpc"].stop(timeout=GRACEFUL_TIMEOUT)
 
     async def start_polar(rt: Runtime) -> None:
         if settings.polar_configured:
@@ -65,5 +63,5 @@ def build_app(settings: BillingSettings) -> Starlette:
         for task in rt.extra.get("jobs", []):
             task.cancel()
 
-    return service_app(rt, on_start=[start_polar, start_jobs], on_stop=[stop_jobs, stop_polar])
+    return service_app(rt, on_start=[start_polar, start_rpc, start_jobs], on_stop=[stop_rpc, stop_jobs, stop_polar])
 

@@ -1,0 +1,117 @@
+"""`check` through the shipped client at 1, 8 and 32 concurrent callers, beside the raw baseline (a bare nats-py
+responder doing one asyncpg point read) in the same run: requests/s, p50, p99."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import nats
+
+from shared.client import BillingClient
+from shared.db.migrate import migrate
+from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from shared.periods import day_of, month_of
+from datetime import datetime, timezone
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join([str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))])
+DURATION = float(os.environ.get("BENCH_CHECK_SECONDS", "5"))
+USERS = 1000
+
+
+async def seed(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    now = datetime.now(timezone.utc)
+    m, d = month_of(now), day_of(now)
+    rows = [(f"usr_{i}", "tokens_per_month", m[0], m[1], i * 37) for i in range(USERS)]
+    rows += [(f"usr_{i}", "messages_per_day", d[0], d[1], i % 90) for i in range(USERS)]
+    await conn.executemany("INSERT INTO usage_counters (user_id, limit_name, period_start, period_end, used) "
+                           "VALUES ($1, $2, $3, $4, $5)", rows)
+    await conn.close()
+
+
+async def drive(call, concurrency: int) -> dict:  # noqa: ANN001
+    latencies: list[float] = []
+    deadline = time.perf_counter() + DURATION
+
+    async def caller(n: int) -> None:
+        i = n
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            await call(f"usr_{i % USERS}")
+            latencies.append(time.perf_counter() - t0)
+            i += concurrency
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(n) for n in range(concurrency)))
+    took = time.perf_counter() - t0
+    latencies.sort()
+    return {"concurrency": concurrency, "rps": round(len(latencies) / took),
+            "p50_ms": round(statistics.median(latencies) * 1000, 3),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3)}
+
+
+async def measure(nats_url: str) -> dict:
+    client = await BillingClient.connect(nats_url)
+    nc = await nats.connect(nats_url)
+
+    async def ours(user: str) -> None:
+        await client.check(user, model="gpt-3.5-turbo", thread_id="t1")
+
+    async def raw(user: str) -> None:
+        await nc.request("bench.check", json.dumps({"user_id": user}).encode(), timeout=5)
+
+    out = {"baseline": [], "check": []}
+    for concurrency in (1, 8, 32):
+        await drive(raw, concurrency)  # warm up both
+        await drive(ours, concurrency)
+        out["baseline"].append(await drive(raw, concurrency))
+        out["check"].append(await drive(ours, concurrency))
+    await client.close()
+    await nc.close()
+    return out
+
+
+def main() -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-check-"))
+    srv, pg = EmbeddedNats(tmp / "nats", sync_always=False), EmbeddedPostgres(tmp / "pg", durable=True)
+    nats_url, db_url = srv.start(), pg.start()
+    procs = []
+    try:
+        asyncio.run(migrate(db_url))
+        asyncio.run(seed(db_url))
+        env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": db_url, "PYTHONPATH": PYTHONPATH,
+               "LOG_LEVEL": "WARNING", "BILLING_HTTP_PORT": str(free_port())}
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.baseline_check"], cwd=ROOT, env=env),
+                 subprocess.Popen([sys.executable, "-m", "billing"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)]
+        time.sleep(3)
+        out = asyncio.run(measure(nats_url))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(15)
+        srv.stop()
+        pg.stop()
+    saturated = max(r["rps"] for r in out["check"]), max(r["rps"] for r in out["baseline"])
+    result = {"benchmark": "check_latency", **out, "ratio_saturated": round(saturated[0] / saturated[1], 3),
+              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / f"check-{int(time.time())}.json").write_text(json.dumps(result, indent=2))
+    print(f"{'target':<9} {'conc':>4} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8}")
+    for name in ("baseline", "check"):
+        for r in out[name]:
+            print(f"{name:<9} {r['concurrency']:>4} {r['rps']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8}")
+    print(f"check / baseline saturated throughput: {result['ratio_saturated']}x")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -186,7 +186,27 @@ async def meter_quantities(request: Request) -> Response:
     return JSONResponse({"quantities": [{"timestamp": iso(start), "quantity": total}], "total": total})
 
 
+async def customer_meters_list(request: Request) -> Response:
+    store = store_of(request)
+    paging = _page(request)
+    if isinstance(paging, JSONResponse):
+        return paging
+    page, limit = paging
+    q = request.query_params
+    customers = list(store.customers.values())
+    if q.get("external_customer_id") is not None:
+        customers = [c for c in customers if c["external_id"] == q["external_customer_id"]]
+    if q.get("customer_id") is not None:
+        customers = [c for c in customers if c["id"] == q["customer_id"]]
+    if q.get("meter_id") not in (None, store.settings.tokens_meter_id):
+        customers = []
+    items = [store.customer_meter(c) for c in customers]
+    return JSONResponse({"items": items[(page - 1) * limit: page * limit],
+                         "pagination": {"total_count": len(items), "max_page": max(1, math.ceil(len(items) / limit))}})
+
+
 ROUTES = [
+    Route("/v1/customer-meters/", customer_meters_list, methods=["GET"]),
     Route("/v1/events/ingest", events_ingest, methods=["POST"]),
     Route("/v1/checkouts/", checkouts_create, methods=["POST"]),
     Route("/v1/customer-sessions/", customer_sessions_create, methods=["POST"]),

@@ -171,6 +171,20 @@ class Store:
         return sum(g["benefit"]["properties"]["units"] for g in self.grants.values()
                    if g["customer_id"] == customer_id and g["is_granted"] and not g["is_revoked"])
 
+    def meter(self) -> dict[str, Any]:
+        """The one meter the emulator keeps: the sum of `meter_property` over events named `meter_event_name`."""
+        s = self.settings
+        return {"metadata": {}, "created_at": "2026-08-01T00:00:00Z", "modified_at": None, "id": s.tokens_meter_id,
+                "name": "AI tokens", "unit": "token", "custom_label": None, "custom_multiplier": None,
+                "filter": {"conjunction": "and",
+                           "clauses": [{"property": "name", "operator": "eq", "value": s.meter_event_name}]},
+                "aggregation": {"func": "sum", "property": s.meter_property},
+                "organization_id": s.organization_id, "archived_at": None}
+
+    def customer_meter(self, c: dict[str, Any]) -> dict[str, Any]:
+        state = self.customer_meter_state(c)
+        return {**state, "customer_id": c["id"], "customer": c, "meter": self.meter()}
+
     def customer_meter_state(self, c: dict[str, Any]) -> dict[str, Any]:
         consumed, credited = self.consumed(c["external_id"]), self.credited(c["id"])
         now = iso(self.clock.now())

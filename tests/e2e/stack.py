@@ -22,17 +22,21 @@ def stack_env(nats_url: str, database_url: str, **extra: str) -> dict[str, str]:
                     POLAR_PRO_PRODUCT_ID=PRO_PRODUCT, POLAR_TEAM_PRODUCT_ID="prod_team", **extra)
 
 
-async def reset_webhook_consumer(nats_url: str) -> None:
-    """Start from an empty POLAR_WEBHOOKS so another test's leftovers cannot reach this test's database."""
+async def reset_consumer(nats_url: str, stream: str, durable: str) -> None:
+    """Start from an empty stream and a fresh durable so another test's leftovers cannot reach this test's database."""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
         await topology.ensure_topology(js)
-        await js.purge_stream(topology.POLAR_WEBHOOKS.name)
-        await js.delete_consumer(topology.POLAR_WEBHOOKS.name, topology.BILLING_WEBHOOKS.name)
+        await js.purge_stream(stream)
+        await js.delete_consumer(stream, durable)
         await topology.ensure_topology(js)
     finally:
         await nc.close()
+
+
+async def reset_webhook_consumer(nats_url: str) -> None:
+    await reset_consumer(nats_url, topology.POLAR_WEBHOOKS.name, topology.BILLING_WEBHOOKS.name)
 
 
 def start_billing(env: dict[str, str], log_dir: Path, **extra: str) -> ServiceProcess:

@@ -19,7 +19,7 @@ from shared.embedded import EmbeddedNats
 from shared.periods import day_of, month_of
 from shared.plans import PlanCatalog
 from tests.conftest import Servers, drop_database, new_database
-from tests.e2e.procs import ServiceProcess, base_env, start_service
+from tests.e2e.procs import base_env, start_service
 from tests.support.emulator import TOKEN, admin, start_emulator
 from tests.support.webhooks import body_of, example, retarget
 

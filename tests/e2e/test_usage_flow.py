@@ -4,39 +4,18 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 
 import httpx
 import nats
-import pytest
 
 from polar_emulator.config import TOKENS_METER_ID
-from shared.client import BillingClient
-from shared.db import connect
 from shared.periods import day_of, month_of
 from tests.conftest import Servers
-from tests.e2e.procs import ServiceProcess
 from tests.e2e.stack import eventually
-from tests.e2e.usage_stack import make_events, publish, reset_usage_consumer, start_usage_sync, stop_all, usage_env
-from tests.support.emulator import TOKEN, admin, start_emulator
+from tests.e2e.usage_stack import make_events, publish, start_usage_sync
+from tests.support.emulator import TOKEN, admin
 
 USERS = [f"usr_{i}" for i in range(25)]
-
-
-@pytest.fixture
-async def usage(servers: Servers, database_url: str, tmp_path) -> AsyncIterator[tuple]:
-    await reset_usage_consumer(servers.nats_url)
-    (tmp_path / "emulator").mkdir()
-    emulator = start_emulator(tmp_path / "emulator")
-    env = usage_env(servers.nats_url, database_url, emulator)
-    client = await BillingClient.connect(servers.nats_url)
-    db = await connect(database_url)
-    yield emulator, env, client, db
-    stop_all()
-    await db.close()
-    await client.close()
-    emulator.stop_or_kill()
-
 
 async def test_ten_thousand_events_published_up_to_three_times_shuffled_are_counted_and_billed_once(usage, tmp_path) -> None:
     emulator, env, client, db = usage

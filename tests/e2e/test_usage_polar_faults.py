@@ -5,35 +5,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.client import BillingClient
-from shared.db import connect
-from tests.conftest import Servers
 from tests.e2e.procs import ROOT
 from tests.e2e.stack import eventually
-from tests.e2e.usage_stack import make_events, publish, reset_usage_consumer, start_usage_sync, stop_all, usage_env
-from tests.support.emulator import admin, start_emulator
+from tests.e2e.usage_stack import make_events, publish, start_usage_sync
+from tests.support.emulator import admin
 
 USERS = ["usr_a", "usr_b", "usr_c"]
-
-
-@pytest.fixture
-async def usage(servers: Servers, database_url: str, tmp_path) -> AsyncIterator[tuple]:
-    await reset_usage_consumer(servers.nats_url)
-    (tmp_path / "emulator").mkdir()
-    emulator = start_emulator(tmp_path / "emulator")
-    env = usage_env(servers.nats_url, database_url, emulator)
-    client = await BillingClient.connect(servers.nats_url)
-    db = await connect(database_url)
-    yield emulator, env, client, db
-    stop_all()
-    await db.close()
-    await client.close()
-    emulator.stop_or_kill()
-
 
 def ingested(emulator) -> Counter:
     return Counter(e["external_id"] for e in admin(emulator, "GET", "events").json()["events"])

@@ -7,12 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import nats
-
 from shared import topology
 from shared.client import BillingClient
 from shared.contracts import UsageEvent
 from tests.e2e.procs import ServiceProcess, base_env, start_service
+from tests.e2e.stack import reset_consumer
 from tests.support.emulator import TOKEN
 
 
@@ -23,15 +22,7 @@ def usage_env(nats_url: str, database_url: str, emulator: ServiceProcess, **extr
 
 
 async def reset_usage_consumer(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        await topology.ensure_topology(js)
-        await js.purge_stream(topology.USAGE.name)
-        await js.delete_consumer(topology.USAGE.name, topology.USAGE_SYNC.name)
-        await topology.ensure_topology(js)
-    finally:
-        await nc.close()
+    await reset_consumer(nats_url, topology.USAGE.name, topology.USAGE_SYNC.name)
 
 
 STARTED: list[ServiceProcess] = []

@@ -1,9 +1,7 @@
 """The webhook edge: what Polar gets back, and what is (and is not) stored in JetStream."""
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx

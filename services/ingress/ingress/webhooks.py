@@ -6,7 +6,6 @@ answered 2xx, so schema drift can never get the endpoint disabled (polar-api.md 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import logging

@@ -183,6 +183,10 @@ async def test_checkout_session_and_customer_reads_through_the_sdk(emulator) -> 
                                           end_timestamp="2100-01-01T00:00:00Z", interval="month",
                                           external_customer_id=user)
         assert q.total == 1234
+        meters = await polar.customer_meters.list(external_customer_id=user)
+        [meter] = meters.items
+        assert (meter.meter_id, meter.consumed_units, meter.credited_units) == (TOKENS_METER_ID, 1234, 1_000_000)
+        assert meter.balance == 1_000_000 - 1234 and meter.customer.external_id == user
     state = httpx.get(f"{emulator.url}/v1/customers/external/{user}/state",
                       headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert [s["status"] for s in state["active_subscriptions"]] == ["active"]

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR):$(CURDIR)/services/ingress:$(CURDIR)/services/billing:$(CURDIR)/services/usage-sync
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench venv clean help
+.PHONY: run test bench venv clean help browser
 
 help:
 	@echo "make run    the whole stack (embedded NATS + PostgreSQL where NATS_URL / DATABASE_URL are unset)"
@@ -24,8 +24,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	exec $(BIN)/python -m shared.stack
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used). Where it cannot be
+# installed (not root, no apt), those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "could not install chromium: the browser tests will be skipped"; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -25,7 +25,7 @@ from nats.js.api import PubAck
 from prometheus_client import Counter
 from pydantic import BaseModel
 
-from shared import topology
+from shared import links, topology
 from shared.contracts import (CheckoutRequest, CheckReply, CheckRequest, ErrorBody, LimitState, LinkReply,
                               PortalRequest, ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest, StatusReply,
                               StatusRequest, UsageEvent)
@@ -66,17 +66,27 @@ def new_event_id() -> str:
 
 class BillingClient:
     def __init__(self, nc: Client, *, publish_timeout: float = 5.0, timeout: float = 2.0,
-                 on_unavailable: Policy = "raise") -> None:
+                 on_unavailable: Policy = "raise", public_base_url: str | None = None,
+                 status_page_secret: str | None = None) -> None:
         self.nc = nc
+        self.public_base_url = public_base_url
+        self.status_page_secret = status_page_secret
         self.js = nc.jetstream(timeout=publish_timeout)
         self.publish_timeout = publish_timeout
         self.timeout = timeout
         self.on_unavailable = on_unavailable
 
     @classmethod
-    async def connect(cls, servers: str | list[str], **kwargs) -> "BillingClient":
-        nc = await nats.connect(servers, name="billing-client", max_reconnect_attempts=-1, **kwargs)
-        return cls(nc)
+    async def connect(cls, servers: str | list[str], **options) -> "BillingClient":
+        """options: the client's own (timeout, on_unavailable, public_base_url, status_page_secret, publish_timeout)."""
+        nc = await nats.connect(servers, name="billing-client", max_reconnect_attempts=-1)
+        return cls(nc, **options)
+
+    def status_page_url(self, user_id: str, ttl_seconds: int = links.DEFAULT_TTL) -> str:
+        """A link to the user's status page, valid `ttl_seconds` (15 min), signed with STATUS_PAGE_SECRET."""
+        if not (self.public_base_url and self.status_page_secret):
+            raise ValueError("BillingClient needs public_base_url and status_page_secret for status page links")
+        return links.status_page_url(self.public_base_url, self.status_page_secret, user_id, ttl_seconds)
 
     async def close(self) -> None:
         await self.nc.drain()

@@ -7,6 +7,7 @@ streaming their log lines tagged with the service's name. Ctrl-C (or SIGTERM) st
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from shared import topology
+from shared import links, topology
 from shared.db.migrate import migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, port_free
 
@@ -84,15 +85,20 @@ def _use_emulator(env: dict[str, str], emulator: Child, secret: str, ingress_por
     env.setdefault("POLAR_TOKENS_METER_ID", TOKENS_METER_ID)
 
 
+def _local_secret(name: str, prefix: str) -> str:
+    """A secret generated once for local use and kept under .data/, so a restart keeps it."""
+    path = DATA / name
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        path.write_text(prefix + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def _webhook_secret(env: dict[str, str]) -> tuple[str, str]:
     if env.get("POLAR_WEBHOOK_SECRET"):
         return env["POLAR_WEBHOOK_SECRET"], "from your environment"
-    path = DATA / "webhook_secret"
-    if not path.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
-        path.write_text("whsec_" + secrets.token_urlsafe(24).replace("-", "").replace("_", "")[:32] + "\n")
-        path.chmod(0o600)
-    return path.read_text().strip(), f"generated for local use, kept in {path}"
+    return _local_secret("webhook_secret", "whsec_"), f"generated for local use, kept in {DATA / 'webhook_secret'}"
 
 
 async def _prepare(nats_url: str, database_url: str) -> list[int]:
@@ -137,6 +143,7 @@ def run() -> int:
 
         secret, origin = _webhook_secret(env)
         env["POLAR_WEBHOOK_SECRET"] = secret
+        env["STATUS_PAGE_SECRET"] = env.get("STATUS_PAGE_SECRET") or _local_secret("status_page_secret", "")
         ingress_port = int(env.get("INGRESS_PORT", "8000"))
         children = [
             Child("ingress", "ingress", ingress_port),
@@ -190,6 +197,8 @@ def run() -> int:
         say(f"  billing     {by_name['billing'].base_url}   health: /healthz /readyz /metrics   rpc: billing.rpc.*")
         say(f"  usage-sync  {by_name['usage-sync'].base_url}   health: /healthz /readyz /metrics   "
             "consumes usage.event.>")
+        demo = links.status_page_url(by_name["ingress"].base_url, env["STATUS_PAGE_SECRET"], "usr_demo")
+        say(f"  status page of usr_demo (valid 15 min): {demo}")
         say("Ctrl-C stops everything")
 
         while not stop.wait(0.5):

@@ -69,9 +69,9 @@ class ServiceProcess:
             self.proc.wait(5)
 
 
-def start_service(name: str, env: dict[str, str], log_dir: Path) -> ServiceProcess:
+def start_service(name: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> ServiceProcess:
     module, port_var = SERVICES[name]
-    port = free_port()
+    port = port or free_port()
     log = log_dir / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", module], env={**env, port_var: str(port)}, cwd=ROOT,

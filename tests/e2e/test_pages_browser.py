@@ -6,7 +6,6 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -157,6 +156,3 @@ async def test_a_checkout_never_confirmed_says_it_is_still_processing_after_two_
     assert resp.status == 200 and await page.get_attribute("#state", "data-state") == "slow"
     await page.close()
 
-
-def test_the_readme_screenshot_exists() -> None:
-    assert (Path(ROOT) / "docs" / "screenshots" / "status-free.png").exists()

@@ -131,7 +131,7 @@ async def test_upgrade_pay_and_the_success_page_turns_to_welcome_by_itself(stack
 
 
 async def test_forged_and_expired_tokens_get_a_403_that_names_no_one(stack) -> None:
-    client, browser, ingress = stack["client"], stack["browser"], stack["ingress"]
+    browser, ingress = stack["browser"], stack["ingress"]
     page = await browser.new_page()
     forged = links.sign("not-the-secret", "usr_victim")
     expired = links.sign(PAGE_SECRET, "usr_victim", ttl=-1)

@@ -156,7 +156,7 @@ async def status(rt: Runtime, body: bytes) -> BaseModel:
         customer_id = await repo.customer_id_of(conn, req.user_id)
         granted = await repo.credits_granted(conn, req.user_id)
     ev = evaluate(state, CheckRequest(user_id=req.user_id), rt.extra["catalog"], now)
-    sub = state.sub if ev.status in ("active", "trialing", "past_due") or state.sub else None
+    sub = state.sub  # shown even when it no longer entitles (a canceled one still says when it ended)
     tokens = ev.reply.limits[LimitName.TOKENS_PER_MONTH.value].used
     used = min(tokens, granted)
     return StatusReply(

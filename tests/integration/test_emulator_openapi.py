@@ -1,5 +1,5 @@
 """Every answer the emulator gives validates against the schema of its operation in Polar's OpenAPI document
-(../shared/polar/openapi/2026-10.openapi.json, the emulator's source of truth)."""
+(polar_emulator/openapi/2026-10.openapi.json, a copy of shared/polar's: the emulator's source of truth)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from polar_emulator.config import PRO_PRODUCT_ID, TOKENS_METER_ID
 from tests.e2e.procs import ServiceProcess
 from tests.support.emulator import TOKEN, admin, start_emulator
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "polar" / "openapi" / "2026-10.openapi.json"
+SPEC_PATH = Path(__file__).resolve().parents[2] / "polar_emulator" / "openapi" / "2026-10.openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text())
 REGISTRY = Registry().with_resource("urn:polar", Resource.from_contents(SPEC, default_specification=DRAFT202012))
 H = {"Authorization": f"Bearer {TOKEN}", "Polar-Version": "2026-10"}

@@ -11,7 +11,8 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "polar" / "webhook-examples"
+# Polar's example payloads (shared/polar/webhook-examples), as the emulator keeps them: the repo is self-contained.
+EXAMPLES = Path(__file__).resolve().parents[2] / "polar_emulator" / "payloads"
 PRO_PRODUCT = "0f4c1a52-6d0e-4a3a-9f1b-2b6f3c7a9d10"  # the product the examples' customer buys
 
 

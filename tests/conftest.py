@@ -47,6 +47,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             database_url = pg.start()
         yield Servers(nats_url, database_url)
     finally:
+        from tests.e2e.procs import kill_leftovers
+
+        kill_leftovers()
         for server in reversed(started):
             server.stop()
 

@@ -69,6 +69,17 @@ class ServiceProcess:
             self.proc.wait(5)
 
 
+# Every process a test started: whatever a failing test leaves running is killed at the end of the session.
+STARTED: list[subprocess.Popen] = []
+
+
+def kill_leftovers() -> None:
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start_service(name: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> ServiceProcess:
     module, port_var = SERVICES[name]
     port = port or free_port()
@@ -76,4 +87,5 @@ def start_service(name: str, env: dict[str, str], log_dir: Path, port: int | Non
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", module], env={**env, port_var: str(port)}, cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)
+    STARTED.append(proc)
     return ServiceProcess(name, proc, port, log)

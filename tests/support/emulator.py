@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,12 +15,7 @@ from pathlib import Path
 import httpx
 
 from shared.embedded import free_port
-from tests.e2e.procs import ServiceProcess, base_env
-
-import subprocess
-import sys
-
-from tests.e2e.procs import ROOT
+from tests.e2e.procs import ROOT, STARTED, ServiceProcess, base_env
 
 TOKEN = "polar_oat_emulator_test_token"
 
@@ -30,14 +28,13 @@ def start_emulator(log_dir: Path, **settings: str) -> ServiceProcess:
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "polar_emulator"], env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)
+    STARTED.append(proc)
     svc = ServiceProcess("polar-emulator", proc, port, log)
     for _ in range(200):
         try:
             httpx.get(f"{svc.url}/__emulator__/events", timeout=1)
             return svc
         except httpx.HTTPError:
-            import time
-
             time.sleep(0.05)
     raise AssertionError(log.read_text())
 

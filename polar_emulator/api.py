@@ -5,7 +5,7 @@ import math
 import secrets
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -14,6 +14,8 @@ from starlette.routing import Route
 
 from . import ingest
 from .state import Store, iso
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def store_of(request: Request) -> Store:
@@ -35,8 +37,13 @@ async def json_body(request: Request) -> Any:
         return None
 
 
-def _pydantic_details(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
+async def parse_body(request: Request, model: type[M]) -> M | JSONResponse:
+    """The request body as `model`, or the 422 Polar's FastAPI server would give."""
+    try:
+        return model.model_validate(await json_body(request))
+    except ValidationError as exc:
+        return validation_error([{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                                 for e in exc.errors(include_url=False)])
 
 
 # --- events ---------------------------------------------------------------------------------------------------
@@ -86,10 +93,9 @@ class CheckoutCreate(BaseModel):
 
 async def checkouts_create(request: Request) -> Response:
     store = store_of(request)
-    try:
-        body = CheckoutCreate.model_validate(await json_body(request))
-    except ValidationError as exc:
-        return validation_error(_pydantic_details(exc))
+    body = await parse_body(request, CheckoutCreate)
+    if isinstance(body, JSONResponse):
+        return body
     unknown = [i for i, p in enumerate(body.products) if not store.known_product(p)]
     if unknown:
         return validation_error([{"loc": ["body", "products", i], "msg": "Product does not exist.",
@@ -106,10 +112,9 @@ class CustomerSessionCreate(BaseModel):
 
 async def customer_sessions_create(request: Request) -> Response:
     store = store_of(request)
-    try:
-        body = CustomerSessionCreate.model_validate(await json_body(request))
-    except ValidationError as exc:
-        return validation_error(_pydantic_details(exc))
+    body = await parse_body(request, CustomerSessionCreate)
+    if isinstance(body, JSONResponse):
+        return body
     if body.external_customer_id is not None:
         customer, loc = store.customers.get(body.external_customer_id), "external_customer_id"
     else:

@@ -96,31 +96,38 @@ async def status_page(request: Request) -> Response:
                  upgrades=[PLANS[PlanName.PRO], PLANS[PlanName.TEAM]] if status.plan == "free" else [])
 
 
-async def upgrade(request: Request) -> Response:
+async def _redirect_to_billing_link(request: Request, make_link) -> Response:  # noqa: ANN001
+    """A form POST from the status page: check its token, have billing make the link, send the browser there."""
     form = await request.form()
     user_id = _user(request, form.get("token"))
     if user_id is None:
         return _forbidden(request)
-    plan = str(form.get("plan", ""))
     try:
-        link = await _client(request).checkout_url(user_id, plan)
+        url = await make_link(_client(request), user_id, form)
     except (BillingError, BillingUnavailable) as exc:
         return _unavailable(request, exc)
+    return RedirectResponse(url, status_code=303)
+
+
+async def _checkout_link(client: BillingClient, user_id: str, form) -> str:  # noqa: ANN001
+    plan = str(form.get("plan", ""))
+    link = await client.checkout_url(user_id, plan)
     log.info("pages.checkout_redirect", extra={"user_id": user_id, "plan": plan, "checkout_id": link.checkout_id})
-    return RedirectResponse(link.url, status_code=303)
+    return link.url
+
+
+async def _portal_link(client: BillingClient, user_id: str, form) -> str:  # noqa: ANN001
+    link = await client.portal_url(user_id)
+    log.info("pages.portal_redirect", extra={"user_id": user_id})  # never the URL: it holds a bearer token
+    return link.url
+
+
+async def upgrade(request: Request) -> Response:
+    return await _redirect_to_billing_link(request, _checkout_link)
 
 
 async def manage(request: Request) -> Response:
-    form = await request.form()
-    user_id = _user(request, form.get("token"))
-    if user_id is None:
-        return _forbidden(request)
-    try:
-        link = await _client(request).portal_url(user_id)
-    except (BillingError, BillingUnavailable) as exc:
-        return _unavailable(request, exc)
-    log.info("pages.portal_redirect", extra={"user_id": user_id})  # never the URL: it holds a bearer token
-    return RedirectResponse(link.url, status_code=303)
+    return await _redirect_to_billing_link(request, _portal_link)
 
 
 async def success(request: Request) -> Response:

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.TooManyConnectionsError,
-             asyncpg.InterfaceError, asyncpg.CannotConnectNowError, NatsError)
+             asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.DeadlockDetectedError,
+             asyncpg.SerializationError, NatsError)
 
 
 class PermanentError(Exception):

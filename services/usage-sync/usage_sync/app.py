@@ -24,7 +24,7 @@ def build_app(settings: UsageSyncSettings) -> Starlette:
     async def start_consuming(rt: Runtime) -> None:
         puller = BatchPuller(rt.broker.connection.jetstream(timeout=10), topology.USAGE.name,
                              topology.USAGE_SYNC.name, lambda msgs: handlers.on_usage_batch(msgs, rt),
-                             batch_size=settings.usage_batch_size)
+                             batch_size=settings.usage_batch_size, concurrency=settings.usage_consumers)
         puller.start()
         rt.extra["puller"] = puller
         rt.extra["thresholds"] = asyncio.create_task(thresholds.loop(rt))

@@ -99,7 +99,7 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], bad: list[B
         inserted = await repo.insert_events(conn, [
             (e.event_id, e.user_id, e.thread_id, e.model, e.input_tokens, e.output_tokens, e.cached_input_tokens,
              e.custom_key, e.billable_tokens, e.reservation_id, e.occurred_at)
-            for e in unique.values()
+            for e in sorted(unique.values(), key=lambda e: e.event_id)  # one lock order for concurrent batches
         ])
         deltas: dict[tuple[str, str, datetime, datetime], int] = defaultdict(int)
         threads: list[tuple[str, datetime, str]] = []

@@ -98,6 +98,17 @@ TEAM = Plan(
 
 PLANS: dict[PlanName, Plan] = {p.name: p for p in (FREE, PRO, TEAM)}
 
+# Subscription statuses that still entitle the user to the plan (past_due: Polar's dunning grace).
+ENTITLED_STATUSES = ("active", "trialing", "past_due")
+# When a user holds several entitled subscriptions, the higher plan sets the limits.
+PLAN_RANK = {PlanName.FREE: 0, PlanName.PRO: 1, PlanName.TEAM: 2}
+
+
+def plan_rank_sql(column: str = "plan") -> str:
+    """PLAN_RANK as an SQL expression over a plan column, for ORDER BY."""
+    whens = " ".join(f"WHEN '{name.value}' THEN {rank}" for name, rank in PLAN_RANK.items())
+    return f"CASE {column} {whens} ELSE 0 END"
+
 
 class PlanCatalog:
     """The plans, bound to this deployment's Polar product ids."""

@@ -8,9 +8,8 @@ from typing import Any
 
 from shared.contracts import CheckReply, CheckRequest, LimitState
 from shared.periods import Period, billing_period, day_of, month_of
-from shared.plans import LimitName, Plan, PlanCatalog
+from shared.plans import ENTITLED_STATUSES, LimitName, Plan, PlanCatalog
 
-ENTITLED = {"active", "trialing", "past_due"}
 # Not entitled, not over: the user should fix payment rather than buy a plan.
 SUSPENDED = {"incomplete", "unpaid", "paused"}
 
@@ -44,7 +43,7 @@ class Evaluation:
 def evaluate(state: UserState, req: CheckRequest, catalog: PlanCatalog, now: datetime) -> Evaluation:
     sub = state.sub
     status = sub["status"] if sub else None
-    entitled = sub is not None and status in ENTITLED
+    entitled = sub is not None and status in ENTITLED_STATUSES
     plan = catalog.get(sub["plan"]) if entitled else catalog.get("free")
     if entitled and sub["current_period_start"] and sub["current_period_end"]:
         period = billing_period((_ts(sub["current_period_start"]), _ts(sub["current_period_end"])), now)

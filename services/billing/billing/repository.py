@@ -6,9 +6,9 @@ from typing import Any
 
 import asyncpg
 
-# Subscription statuses that still entitle the user to the plan (past_due: Polar's dunning grace).
-ENTITLED_STATUSES = ("active", "trialing", "past_due")
-PLAN_RANK = "CASE plan WHEN 'team' THEN 2 WHEN 'pro' THEN 1 ELSE 0 END"
+from shared.plans import ENTITLED_STATUSES, plan_rank_sql
+
+PLAN_RANK = plan_rank_sql()
 
 
 # --- webhook log ----------------------------------------------------------------------------------------------

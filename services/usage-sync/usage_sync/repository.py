@@ -7,17 +7,19 @@ from datetime import datetime
 import asyncpg
 
 from shared.periods import Period
+from shared.plans import ENTITLED_STATUSES, plan_rank_sql
 
-ENTITLED = ("active", "trialing", "past_due")
+PLAN_RANK = plan_rank_sql()
+
 
 
 async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, tuple[str, Period]]:
     """The plan and current billing period of each user's plan-setting subscription (billing's rows, read only)."""
     rows = await conn.fetch(
         f"""SELECT DISTINCT ON (user_id) user_id, plan, current_period_start, current_period_end FROM subscriptions
-            WHERE user_id = ANY($1::text[]) AND plan IS NOT NULL AND status IN {ENTITLED!r}
+            WHERE user_id = ANY($1::text[]) AND plan IS NOT NULL AND status IN {ENTITLED_STATUSES!r}
               AND current_period_start IS NOT NULL AND current_period_end IS NOT NULL
-            ORDER BY user_id, CASE plan WHEN 'team' THEN 2 WHEN 'pro' THEN 1 ELSE 0 END DESC, version DESC""",
+            ORDER BY user_id, {PLAN_RANK} DESC, version DESC""",
         list(user_ids),
     )
     return {r["user_id"]: (r["plan"], (r["current_period_start"], r["current_period_end"])) for r in rows}

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-export PYTHONPATH := $(CURDIR):$(CURDIR)/services/ingress:$(CURDIR)/services/billing:$(CURDIR)/services/usage-sync
+export PYTHONPATH := $(CURDIR):$(CURDIR)/services/ingress:$(CURDIR)/services/billing:$(CURDIR)/services/usage-sync:$(CURDIR)/clients/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test bench venv clean help browser
@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@touch $@
 
 run: $(STAMP)
-	exec $(BIN)/python -m shared.stack
+	exec $(BIN)/python -m dev.stack
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

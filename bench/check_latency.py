@@ -15,9 +15,9 @@ from pathlib import Path
 import asyncpg
 import nats
 
-from shared.client import BillingClient
+from polar_billing_client.client import BillingClient
 from shared.db.migrate import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.periods import day_of, month_of
 from datetime import datetime, timezone
 

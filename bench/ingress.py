@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 
 from shared import topology
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.support.webhooks import body_of, example, sign
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ import psutil
 
 from shared import topology
 from shared.db.migrate import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("BENCH_USAGE_EVENTS", "200000"))

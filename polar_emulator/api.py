@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import secrets
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -62,7 +62,7 @@ async def events_ingest(request: Request) -> Response:
     if details:
         return validation_error(details)
     inserted = duplicates = 0
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for event in batch.events:
         if event.external_id is not None:
             if event.external_id in store.event_keys:
@@ -122,7 +122,7 @@ async def customer_sessions_create(request: Request) -> Response:
     if customer is None:
         return validation_error([{"loc": ["body", loc], "msg": "Customer does not exist.", "type": "value_error",
                                   "input": body.external_customer_id or body.customer_id}])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     token = f"polar_cst_{secrets.token_urlsafe(32)}"
     s = store.settings
     return JSONResponse({
@@ -183,8 +183,8 @@ async def meter_quantities(request: Request) -> Response:
         return not_found()
     q = request.query_params
     try:
-        start = datetime.fromisoformat(q["start_timestamp"].replace("Z", "+00:00"))
-        end = datetime.fromisoformat(q["end_timestamp"].replace("Z", "+00:00"))
+        start = datetime.fromisoformat(q["start_timestamp"])
+        end = datetime.fromisoformat(q["end_timestamp"])
     except (KeyError, ValueError):
         return validation_error([{"loc": ["query", "start_timestamp"], "msg": "Field required", "type": "missing"}])
     total = store.consumed(q.get("external_customer_id"), start, end)

@@ -26,7 +26,7 @@ def build_app(settings: EmulatorSettings | None = None) -> Starlette:
         yield
         await deliverer.close()
 
-    async def not_found(request, exc) -> JSONResponse:  # noqa: ANN001
+    async def not_found(request, exc) -> JSONResponse:
         return JSONResponse({"detail": "Not Found"}, status_code=404)
 
     app = Starlette(routes=[*api.ROUTES, *admin.ROUTES, *frontend.ROUTES], lifespan=lifespan,

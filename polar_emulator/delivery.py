@@ -13,7 +13,7 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -67,7 +67,7 @@ class Deliverer:
         return Webhook(self.secret.encode()) if self.scheme == "legacy" else Webhook(self.secret)
 
     def signed_headers(self, event: WebhookEvent) -> dict[str, str]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return {
             "user-agent": "polar.sh webhooks",
             "content-type": "application/json",
@@ -102,7 +102,7 @@ class Deliverer:
 
     async def deliver(self, event: WebhookEvent) -> bool:
         for n in range(1, self.settings.webhook_max_attempts + 1):
-            at = datetime.now(timezone.utc).isoformat()
+            at = datetime.now(UTC).isoformat()
             try:
                 resp = await self._client.post(self.url, content=event.payload.encode(),
                                                headers=self.signed_headers(event))

@@ -2,12 +2,20 @@
 errors as FastAPI's `detail` list whose `loc` names the event's index (polar-api.md §4.1)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 MetadataStr = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40)]
@@ -49,7 +57,7 @@ class EventCreate(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _in_the_past(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v > datetime.now(timezone.utc):
+        if v is not None and v > datetime.now(UTC):
             raise ValueError("Timestamp must be in the past.")
         return v
 
@@ -63,7 +71,7 @@ class EventCreate(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_customer(self) -> "EventCreate":
+    def _one_customer(self) -> EventCreate:
         if not (self.external_customer_id or self.customer_id):
             raise ValueError("external_customer_id or customer_id is required")
         return self

@@ -7,20 +7,20 @@ with the same rules, so a limit check and the ledger always speak of the same pe
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 Period = tuple[datetime, datetime]
 
 
 def month_of(at: datetime) -> Period:
-    at = at.astimezone(timezone.utc)
+    at = at.astimezone(UTC)
     start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     end = (start + timedelta(days=32)).replace(day=1)
     return start, end
 
 
 def day_of(at: datetime) -> Period:
-    start = at.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return start, start + timedelta(days=1)
 
 

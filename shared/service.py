@@ -1,8 +1,9 @@
-"""The shell every service process runs in: a Starlette app under uvicorn whose lifespan owns the broker and the pool.
+"""The shell every service process runs in: a Starlette app under uvicorn whose lifespan opens the connections, builds
+the service's typed runtime, and starts what the service declared (consumers, request/reply endpoints, loops).
 
-Start-up: settings → JSON logs → pool → migrations → NATS topology → broker (subscribers bind to existing durables).
-Shutdown (SIGTERM / Ctrl-C, handled by uvicorn): stop taking messages, let the one in hand finish
-(`graceful_timeout`), drain NATS, close the pool, exit 0.
+Start-up: settings → JSON logs → pool → migrations → NATS topology → NATS connection → runtime → consumers,
+endpoints, loops. Shutdown (SIGTERM / Ctrl-C, handled by uvicorn): stop taking requests and messages, let the ones
+in hand finish (`GRACEFUL_TIMEOUT`), stop the loops, drain NATS, close the pool, exit 0.
 
 Every service serves `/healthz` (the process answers), `/readyz` (NATS and PostgreSQL reachable) and `/metrics`.
 """
@@ -14,13 +15,12 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-import asyncpg
+import nats
 import uvicorn
-from faststream.nats import NatsBroker
-from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.aio.client import Client
 from prometheus_client import REGISTRY, make_asgi_app
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,85 +30,85 @@ from starlette.routing import BaseRoute, Mount, Route
 from shared import topology
 from shared.db import create_pool
 from shared.db.migrate import migrate
+from shared.messaging.consume import Consumer, Running
+from shared.messaging.rpc import Endpoint, RpcServer
+from shared.retry import backoff
+from shared.runtime import Connections, Runtime
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 STARTUP_RETRY_SECONDS = 60.0  # how long to wait for NATS / PostgreSQL to come up before giving up
-# Time a message in hand gets to finish at shutdown: inside make run's 10 s Ctrl-C budget and docker's default 10 s.
+# Time the messages and requests in hand get to finish at shutdown: inside make run's 10 s Ctrl-C budget and
+# docker's default 10 s.
 GRACEFUL_TIMEOUT = 8.0
+RPC_QUEUE = "billing"
+
+R = TypeVar("R", bound=Runtime[Any])
 
 
-@dataclass
-class Runtime:
-    """What a running service holds. Handlers and routes reach it through `app.state.rt`."""
+@dataclass(frozen=True)
+class Service(Generic[R]):
+    """What one service is made of. `app.py` fills this in; the shell runs it."""
 
     name: str
     settings: ServiceSettings
-    broker: NatsBroker
-    pool: asyncpg.Pool | None = None
-    stopping: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    build: Callable[[Connections], Awaitable[R]]
+    consumers: Sequence[Consumer[Any, R]] = ()
+    endpoints: Sequence[Endpoint[Any, R]] = ()
+    loops: Sequence[Callable[[R], Awaitable[None]]] = ()
+    routes: Sequence[BaseRoute] = ()
+    close: Callable[[R], Awaitable[None]] | None = None
 
 
-def make_broker(name: str, nats_url: str, state: dict[str, bool], **kwargs: Any) -> NatsBroker:
-    """A broker that reconnects forever and exits the process if its connection is ever closed for good.
+async def connect_nats(name: str, nats_url: str, stopping: asyncio.Event) -> Client:
+    """A connection that reconnects forever, and ends the process if it is ever closed for good: the supervisor
+    restarts a process, while a closed connection would leave it up and useless (docs/nats.md §8)."""
 
-    After nats-py gives up reconnecting, FastStream's pull loops spin at 100 % CPU with the event loop blocked
-    (faststream-nats.md §2); an exit lets the supervisor restart us instead.
-    """
-
-    async def _closed() -> None:
-        if not state.get("stopping"):
+    async def closed() -> None:
+        if not stopping.is_set():
             log.critical("nats.connection_closed", extra={"action": "exit"})
             logging.shutdown()
             os._exit(70)
 
-    return NatsBroker(
-        [u.strip() for u in nats_url.split(",")],
-        name=name,
-        graceful_timeout=GRACEFUL_TIMEOUT,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        connect_timeout=3,
-        ping_interval=20,
-        max_outstanding_pings=3,
-        closed_cb=_closed,
-        # FastStream's service lines go through our JSON handler; its per-message lines only at DEBUG.
-        logger=logging.getLogger(f"faststream.{name}"),
-        log_level=logging.DEBUG,
-        middlewares=[NatsPrometheusMiddleware(registry=REGISTRY, app_name=name)],
-        **kwargs,
-    )
+    async def disconnected() -> None:
+        if not stopping.is_set():
+            log.warning("nats.disconnected")
+
+    async def reconnected() -> None:
+        log.info("nats.reconnected")
+
+    return await nats.connect(topology.servers(nats_url), name=name, max_reconnect_attempts=-1,
+                              reconnect_time_wait=1, connect_timeout=3, ping_interval=20, max_outstanding_pings=3,
+                              closed_cb=closed, disconnected_cb=disconnected, reconnected_cb=reconnected)
 
 
 async def _retry(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
     """Dependencies may still be starting (docker compose, make run): retry with backoff for a while."""
     deadline = asyncio.get_running_loop().time() + STARTUP_RETRY_SECONDS
-    delay = 0.2
+    attempt = 0
     while True:
+        attempt += 1
         try:
             return await fn()
-        except Exception as exc:  # noqa: BLE001 - whatever the cause, the answer is to wait and retry
+        except Exception as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"{what} unreachable after {STARTUP_RETRY_SECONDS:.0f}s: {exc}") from exc
             log.warning("startup.waiting", extra={"dependency": what, "error": str(exc)[:200]})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 3.0)
+            await asyncio.sleep(backoff(attempt, base=0.2, cap=3.0))
 
 
-async def readiness(rt: Runtime) -> tuple[bool, dict[str, str]]:
+async def readiness(rt: Runtime[Any]) -> tuple[bool, dict[str, str]]:
     checks: dict[str, str] = {}
     try:
-        ok = await rt.broker.ping(timeout=1.0)
-        if ok:
-            js = rt.broker.connection.jetstream(timeout=1.0)
-            await js.stream_info(topology.POLAR_WEBHOOKS.name)
-        checks["nats"] = "ok" if ok else "disconnected"
+        if rt.nc.is_connected:
+            await rt.nc.jetstream(timeout=1.0).stream_info(topology.POLAR_WEBHOOKS.name)
+            checks["nats"] = "ok"
+        else:
+            checks["nats"] = "disconnected"
     except Exception as exc:  # noqa: BLE001 - any failure is "not ready", reported by kind only
         checks["nats"] = f"error: {type(exc).__name__}"
     try:
-        assert rt.pool is not None
         async with asyncio.timeout(1.0):
             await rt.pool.fetchval("SELECT 1")
         checks["postgres"] = "ok"
@@ -118,51 +118,55 @@ async def readiness(rt: Runtime) -> tuple[bool, dict[str, str]]:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "service": request.app.state.rt.name})
+    return JSONResponse({"status": "ok", "service": request.app.state.service_name})
 
 
 async def readyz(request: Request) -> JSONResponse:
-    rt: Runtime = request.app.state.rt
-    if rt.stopping:
-        return JSONResponse({"ready": False, "checks": {"service": "stopping"}}, status_code=503)
+    rt: Runtime[Any] | None = request.app.state.rt
+    if rt is None or rt.stopping.is_set():
+        return JSONResponse({"ready": False, "checks": {"service": "starting" if rt is None else "stopping"}},
+                            status_code=503)
     ok, checks = await readiness(rt)
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
 
-Hook = Callable[[Runtime], Awaitable[None]]
-
-
-def service_app(
-    rt: Runtime,
-    *,
-    routes: Sequence[BaseRoute] = (),
-    on_start: Sequence[Hook] = (),
-    on_stop: Sequence[Hook] = (),
-    migrate_db: bool = True,
-) -> Starlette:
-    """The Starlette app of one service. `on_start` runs after the broker started; `on_stop` before it stops."""
-
+def service_app(service: Service[R]) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        s = rt.settings
-        rt.pool = await _retry("postgres", lambda: create_pool(s.database_url, name=rt.name))
-        if migrate_db:
-            async with rt.pool.acquire() as conn:
-                await migrate(conn)
+        s = service.settings
+        stopping = asyncio.Event()
+        pool = await _retry("postgres", lambda: create_pool(s.database_url, name=service.name))
+        async with pool.acquire() as conn:
+            await migrate(conn)
         await _retry("nats", lambda: topology.apply(s.nats_url))
-        await rt.broker.start()
-        for hook in on_start:
-            await hook(rt)
+        nc: Client = await _retry("nats", lambda: connect_nats(service.name, s.nats_url, stopping))
+        rt = await service.build(Connections(name=service.name, nc=nc, js=nc.jetstream(timeout=10), pool=pool,
+                                             stopping=stopping))
+        app.state.rt = rt
+        consumers = [Running(c, rt) for c in service.consumers]
+        for running in consumers:
+            running.start()
+        rpc = RpcServer(nc, service.endpoints, rt, queue=RPC_QUEUE)
+        await rpc.start()
+        loops = [asyncio.create_task(loop(rt), name=getattr(loop, "__name__", "loop")) for loop in service.loops]
         log.info("service.started", extra={"pid": os.getpid()})
         try:
             yield
         finally:
-            rt.stopping = True
-            rt.extra["broker_state"]["stopping"] = True
-            for hook in on_stop:
-                await hook(rt)
-            await rt.broker.stop()  # waits up to graceful_timeout for the message in hand
-            await rt.pool.close()
+            stopping.set()
+            await rpc.stop(timeout=GRACEFUL_TIMEOUT)
+            await asyncio.gather(*(c.stop(timeout=GRACEFUL_TIMEOUT) for c in consumers))
+            for task in loops:  # a loop's step in hand is a transaction: cancelled, it rolls back and runs again
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            if service.close is not None:
+                await service.close(rt)
+            try:
+                async with asyncio.timeout(GRACEFUL_TIMEOUT / 2):
+                    await nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await nc.close()
+            await pool.close()
             log.info("service.stopped")
 
     app = Starlette(
@@ -170,18 +174,13 @@ def service_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Mount("/metrics", make_asgi_app(REGISTRY)),
-            *routes,
+            *service.routes,
         ],
         lifespan=lifespan,
     )
-    app.state.rt = rt
+    app.state.rt = None
+    app.state.service_name = service.name
     return app
-
-
-def new_runtime(name: str, settings: ServiceSettings, **broker_kwargs: Any) -> Runtime:
-    state = {"stopping": False}
-    broker = make_broker(name, settings.nats_url, state, **broker_kwargs)
-    return Runtime(name=name, settings=settings, broker=broker, extra={"broker_state": state})
 
 
 def serve(app: Starlette, host: str, port: int) -> None:
@@ -205,7 +204,10 @@ def serve(app: Starlette, host: str, port: int) -> None:
         raise SystemExit(3)
 
 
-def main(service: str, settings_cls: type[ServiceSettings], build_app: Callable[[Any], Starlette], port_field: str) -> None:
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def main(service: str, settings_cls: type[S], build_app: Callable[[S], Starlette], port_field: str) -> None:
     """A service's entry point: settings (or one clear error line and exit 2), JSON logs, then serve until signalled."""
     from shared.logs import setup_logging
     from shared.settings import load_settings

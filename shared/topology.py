@@ -20,6 +20,12 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BadRequestError
+from polar_billing_client.subjects import (
+    BILLING_EVENT_PREFIX,
+    BILLING_EVENTS_STREAM,
+    USAGE_STREAM,
+    USAGE_SUBJECT_PREFIX,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +33,6 @@ DAY = 24 * 3600
 
 # --- subjects -------------------------------------------------------------------------------------------------
 WEBHOOK_SUBJECT_PREFIX = "polar.webhook"  # polar.webhook.<event type>
-USAGE_SUBJECT_PREFIX = "usage.event"  # usage.event.<user id>
-BILLING_EVENT_PREFIX = "billing.event"  # billing.event.<kind>
-RPC_PREFIX = "billing.rpc"  # billing.rpc.<verb>, core request/reply
 DEAD_LETTER_PREFIX = "deadletter"  # deadletter.<consumer>.<original subject>
 
 RPC_QUEUE = "billing"
@@ -39,16 +42,8 @@ def webhook_subject(event_type: str) -> str:
     return f"{WEBHOOK_SUBJECT_PREFIX}.{event_type}"
 
 
-def usage_subject(user_id: str) -> str:
-    return f"{USAGE_SUBJECT_PREFIX}.{user_id}"
-
-
 def dead_letter_subject(consumer: str, subject: str) -> str:
     return f"{DEAD_LETTER_PREFIX}.{consumer}.{subject}"
-
-
-def rpc_subject(verb: str) -> str:
-    return f"{RPC_PREFIX}.{verb}"
 
 
 # --- streams --------------------------------------------------------------------------------------------------
@@ -64,7 +59,7 @@ POLAR_WEBHOOKS = StreamConfig(
     duplicate_window=DAY,
 )
 USAGE = StreamConfig(
-    name="USAGE",
+    name=USAGE_STREAM,
     subjects=[f"{USAGE_SUBJECT_PREFIX}.>"],
     storage=StorageType.FILE,
     retention=RetentionPolicy.LIMITS,
@@ -73,7 +68,7 @@ USAGE = StreamConfig(
     duplicate_window=2 * 3600,  # a chat service's retries of one event; the ledger's primary key covers the rest
 )
 BILLING_EVENTS = StreamConfig(
-    name="BILLING_EVENTS",
+    name=BILLING_EVENTS_STREAM,
     subjects=[f"{BILLING_EVENT_PREFIX}.>"],
     storage=StorageType.FILE,
     retention=RetentionPolicy.LIMITS,
@@ -151,9 +146,14 @@ async def ensure_topology(js: JetStreamContext) -> None:
         await js.add_consumer(durable.stream, durable.config)
 
 
+def servers(nats_url: str) -> list[str]:
+    """`NATS_URL` may name several servers, comma-separated; nats-py wants a list."""
+    return [u.strip() for u in nats_url.split(",") if u.strip()]
+
+
 async def apply(nats_url: str) -> None:
     """Apply the topology over a short-lived connection (used before a broker starts)."""
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=3, name="topology")
+    nc = await nats.connect(servers(nats_url), connect_timeout=5, max_reconnect_attempts=3, name="topology")
     try:
         await ensure_topology(nc.jetstream(timeout=10))
     finally:

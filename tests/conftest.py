@@ -14,7 +14,7 @@ import pytest
 
 from shared.db import connect
 from shared.db.migrate import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres
+from dev.embedded import EmbeddedNats, EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-PYTHONPATH = os.pathsep.join([str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))])
+from dev.embedded import free_port
+from dev.stack import PYTHONPATH, ROOT
 
 # name -> (python module, the env var of its HTTP port)
 SERVICES = {

@@ -10,12 +10,13 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from billing.webhooks import process_webhook
+from billing.apply_webhook import apply_webhook
+from billing.polar_models import Webhook
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
-from shared.client import DEGRADED, BillingClient, BillingError, BillingUnavailable, LimitExceeded
+from polar_billing_client.client import DEGRADED, BillingClient, BillingError, BillingUnavailable, LimitExceeded
 from shared.db import connect
 from shared.db.migrate import migrate
-from shared.embedded import EmbeddedNats
+from dev.embedded import EmbeddedNats
 from shared.periods import day_of, month_of
 from shared.plans import PlanCatalog
 from tests.conftest import Servers, drop_database, new_database
@@ -65,7 +66,7 @@ async def subscribe(db: asyncpg.Connection, user_id: str, plan: str = "pro", sta
     now = datetime.now(timezone.utc)
     payload["data"]["current_period_start"] = (now - timedelta(days=3)).isoformat()
     payload["data"]["current_period_end"] = (now + timedelta(days=27)).isoformat()
-    await process_webhook(db, CATALOG, f"wh-{uuid.uuid4()}", body_of(payload))
+    await apply_webhook(db, CATALOG, Webhook.parse(f"wh-{uuid.uuid4()}", body_of(payload)))
 
 
 async def use(db: asyncpg.Connection, user_id: str, limit: str, used: int, period: tuple | None = None) -> None:

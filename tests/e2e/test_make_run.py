@@ -8,7 +8,7 @@ import time
 import httpx
 import psutil
 
-from shared.embedded import free_port
+from dev.embedded import free_port
 from tests.e2e.procs import ROOT, base_env
 
 
@@ -19,7 +19,7 @@ def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphan
                    EMULATOR_PORT=str(free_port()))
     log = output_dir / "stack.log"
     with open(log, "wb") as out:
-        stack = subprocess.Popen([sys.executable, "-m", "shared.stack"], env=env, cwd=ROOT, stdout=out,
+        stack = subprocess.Popen([sys.executable, "-m", "dev.stack"], env=env, cwd=ROOT, stdout=out,
                                  stderr=subprocess.STDOUT)
     try:
         t0 = time.monotonic()

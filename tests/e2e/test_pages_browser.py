@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID, TOKENS_METER_ID
-from shared import links
-from shared.client import BillingClient
+from polar_billing_client import links
+from polar_billing_client.client import BillingClient
 from shared.db.migrate import migrate
 from tests.conftest import ROOT, Servers, drop_database, new_database
 from tests.e2e.procs import base_env, start_service
@@ -35,7 +35,7 @@ async def stack(servers: Servers, tmp_path_factory) -> AsyncIterator[dict]:
     db_url = await new_database(servers)
     await migrate(db_url)
     d = tmp_path_factory.mktemp("pages")
-    from shared.embedded import free_port
+    from dev.embedded import free_port
 
     ingress_port = free_port()
     emulator = start_emulator(d, webhook_secret=SECRET, webhook_url=f"http://127.0.0.1:{ingress_port}/webhooks/polar")

@@ -6,11 +6,11 @@ from collections import Counter
 
 import nats.errors
 
-from shared.client import BillingClient
-from shared.contracts import UsageEvent
+from polar_billing_client.client import BillingClient
+from polar_billing_client.contracts import UsageEvent
 from shared.db import connect
 from shared.db.migrate import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres
+from dev.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.e2e.stack import eventually
 from tests.e2e.usage_stack import make_events, start_usage_sync, stop_all, usage_env
 from tests.support.emulator import admin, start_emulator

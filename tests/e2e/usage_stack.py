@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from shared import topology
-from shared.client import BillingClient
-from shared.contracts import UsageEvent
+from polar_billing_client.client import BillingClient
+from polar_billing_client.contracts import UsageEvent
 from tests.e2e.procs import ServiceProcess, base_env, start_service
 from tests.e2e.stack import reset_consumer
 from tests.support.emulator import TOKEN

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
 import pytest
 
 from billing.polar_models import REDACTED_KEYS
-from billing.webhooks import process_webhook
+from billing.apply_webhook import apply_webhook
+from billing.polar_models import Webhook
 from shared.db import create_pool
 from shared.plans import PlanCatalog
 from shared.retry import PermanentError
@@ -19,7 +21,7 @@ CATALOG = PlanCatalog(pro_product_id=PRO_PRODUCT, team_product_id="prod_team")
 
 
 async def apply(conn: asyncpg.Connection, payload: dict[str, Any], webhook_id: str):
-    return await process_webhook(conn, CATALOG, webhook_id, body_of(payload))
+    return await apply_webhook(conn, CATALOG, Webhook.parse(webhook_id, body_of(payload)))
 
 
 async def one(conn: asyncpg.Connection, sql: str, *args: Any) -> dict[str, Any]:
@@ -220,7 +222,6 @@ async def test_lifecycle_in_any_order_duplicated_and_concurrent_ends_in_the_same
 
 async def test_the_retention_job_deletes_log_rows_past_the_retention_only(database_url: str) -> None:
     from billing.cron import purge_webhook_log_once
-    from shared.service import Runtime
 
     pool = await create_pool(database_url)
     try:
@@ -229,8 +230,7 @@ async def test_the_retention_job_deletes_log_rows_past_the_retention_only(databa
             await apply(conn, example("order.created"), "wh-old")
             await conn.execute("UPDATE webhook_log SET received_at = now() - interval '31 days' "
                                "WHERE webhook_id = 'wh-old'")
-        rt = Runtime(name="t", settings=None, broker=None, pool=pool)  # type: ignore[arg-type]
-        assert await purge_webhook_log_once(rt, retention_days=30) == 1
+        assert await purge_webhook_log_once(pool, retention_days=30, now=datetime.now(timezone.utc)) == 1
         async with pool.acquire() as conn:
             assert [r["webhook_id"] for r in await conn.fetch("SELECT webhook_id FROM webhook_log")] == ["wh-recent"]
             assert await conn.fetchval("SELECT count(*) FROM orders") == 1  # state stays; only the log ages out

@@ -9,9 +9,10 @@ import asyncpg
 
 from billing.limits import UserState, evaluate
 from billing import repository as billing_repo
-from billing.webhooks import process_webhook
+from billing.apply_webhook import apply_webhook
+from billing.polar_models import Webhook
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
-from shared.contracts import CheckRequest, UsageEvent
+from polar_billing_client.contracts import CheckRequest, UsageEvent
 from shared.db import create_pool
 from shared.periods import month_of
 from shared.plans import PlanCatalog
@@ -37,7 +38,7 @@ async def counters(db: asyncpg.Connection, user: str) -> dict[str, int]:
 async def test_an_event_settles_its_reservation_and_the_counters_hold_the_actual_tokens(db: asyncpg.Connection) -> None:
     await db.execute("INSERT INTO usage_reservations (id, user_id, estimated_tokens, period_start, expires_at) "
                      "VALUES ('rsv_1', 'u1', 5000, $1, $2)", month_of(NOW)[0], NOW + timedelta(minutes=5))
-    await ledger.record(db, [ev("u1", 1234, reservation="rsv_1")], [])
+    await ledger.record(db, [ev("u1", 1234, reservation="rsv_1")])
     assert await db.fetchval("SELECT settled_at IS NOT NULL FROM usage_reservations WHERE id='rsv_1'")
     assert await counters(db, "u1") == {"tokens_per_month": 1234, "messages_per_day": 1, "threads_per_month": 1}
     state = UserState.from_row(await billing_repo.user_state(db, "u1", NOW, None))
@@ -45,7 +46,7 @@ async def test_an_event_settles_its_reservation_and_the_counters_hold_the_actual
 
 
 async def test_custom_keys_count_messages_and_threads_but_no_tokens(db: asyncpg.Connection) -> None:
-    await ledger.record(db, [ev("u2", 900, custom_key=True, thread="a"), ev("u2", 100, thread="b")], [])
+    await ledger.record(db, [ev("u2", 900, custom_key=True, thread="a"), ev("u2", 100, thread="b")])
     assert await counters(db, "u2") == {"tokens_per_month": 100, "messages_per_day": 2, "threads_per_month": 2}
     assert await db.fetchval("SELECT billable_tokens FROM usage_events WHERE custom_key") == 0
 
@@ -55,8 +56,8 @@ async def test_a_paid_plans_tokens_count_in_its_billing_period(db: asyncpg.Conne
     payload["data"]["customer"]["external_id"] = "u3"
     start, end = NOW - timedelta(days=10), NOW + timedelta(days=20)
     payload["data"]["current_period_start"], payload["data"]["current_period_end"] = start.isoformat(), end.isoformat()
-    await process_webhook(db, CATALOG, "wh-paid", body_of(payload))
-    await ledger.record(db, [ev("u3", 500)], [])
+    await apply_webhook(db, CATALOG, Webhook.parse("wh-paid", body_of(payload)))
+    await ledger.record(db, [ev("u3", 500)])
     row = await db.fetchrow("SELECT period_start, period_end FROM usage_counters "
                             "WHERE user_id='u3' AND limit_name='tokens_per_month'")
     assert (row["period_start"], row["period_end"]) == (start, end)
@@ -67,7 +68,7 @@ async def test_thresholds_are_recorded_once_per_limit_and_period_even_with_concu
     try:
         async def batch() -> None:
             async with pool.acquire() as conn:
-                await ledger.record(conn, [ev("u4", 10_000, thread=f"t{uuid.uuid4().hex[:4]}") for _ in range(3)], [])
+                await ledger.record(conn, [ev("u4", 10_000, thread=f"t{uuid.uuid4().hex[:4]}") for _ in range(3)])
 
         await asyncio.gather(*(batch() for _ in range(6)))  # 180,000 tokens on Free's 100,000
         async with pool.acquire() as conn:
@@ -81,7 +82,7 @@ async def test_thresholds_are_recorded_once_per_limit_and_period_even_with_concu
 
 
 async def test_a_new_period_starts_the_counters_at_zero(db: asyncpg.Connection) -> None:
-    await ledger.record(db, [ev("u5", 100_000)], [])
+    await ledger.record(db, [ev("u5", 100_000)])
     state = UserState.from_row(await billing_repo.user_state(db, "u5", NOW, None))
     assert not evaluate(state, CheckRequest(user_id="u5"), CATALOG, NOW).reply.allowed
     next_month = month_of(NOW)[1] + timedelta(minutes=1)  # the injected clock: just after the reset

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded import free_port
+from dev.embedded import free_port
 from tests.e2e.procs import ROOT, STARTED, ServiceProcess, base_env
 
 TOKEN = "polar_oat_emulator_test_token"

@@ -1,6 +1,6 @@
 import pytest
 
-from shared import links
+from polar_billing_client import links
 
 SECRET = "page-secret-0123456789"
 

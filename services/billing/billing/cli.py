@@ -9,23 +9,26 @@ import argparse
 import asyncio
 import sys
 
+import nats
+
+from shared import topology
 from shared.db import connect
 from shared.logs import setup_logging
+from shared.messaging import outbox as outbox_loop
 from shared.plans import PlanCatalog
-from shared.service import new_runtime
 from shared.settings import load_settings
 
 from . import repository as repo
-from . import outbox
+from .apply_webhook import apply_webhook
+from .outbox import BILLING_EVENTS
+from .polar_models import Webhook
 from .settings import BillingSettings
-from .webhooks import process_webhook
 
 
 async def replay(settings: BillingSettings, ids: list[str], failed: bool) -> int:
-    rt = new_runtime("billing-cli", settings)
     catalog = PlanCatalog(settings.polar_pro_product_id, settings.polar_team_product_id)
     conn = await connect(settings.database_url)
-    await rt.broker.connect()
+    nc = await nats.connect(topology.servers(settings.nats_url), name="billing-cli")
     errors = 0
     try:
         if failed:
@@ -37,8 +40,8 @@ async def replay(settings: BillingSettings, ids: list[str], failed: bool) -> int
                 errors += 1
                 continue
             try:
-                outcome = await process_webhook(conn, catalog, webhook_id, row["payload"], replay=True)
-                await outbox.flush(conn, rt.broker)
+                outcome = await apply_webhook(conn, catalog, Webhook.parse(webhook_id, row["payload"]), replay=True)
+                await outbox_loop.flush(BILLING_EVENTS, conn, nc.jetstream())
                 print(f"{webhook_id}: {outcome.status}" + (f" ({outcome.note})" if outcome.note else ""))
             except Exception as exc:  # noqa: BLE001 - reported per id, the others still run
                 await repo.record_failure(conn, webhook_id, row["type"], row["payload"], f"{type(exc).__name__}: {exc}",
@@ -46,8 +49,7 @@ async def replay(settings: BillingSettings, ids: list[str], failed: bool) -> int
                 print(f"{webhook_id}: failed: {type(exc).__name__}: {exc}")
                 errors += 1
     finally:
-        rt.extra["broker_state"]["stopping"] = True
-        await rt.broker.stop()
+        await nc.drain()
         await conn.close()
     return 1 if errors else 0
 

@@ -1,25 +1,25 @@
-"""Billing's periodic jobs. Each loop stops cleanly at shutdown, after the step in hand."""
+"""Billing's periodic jobs. Each loop stops at shutdown, after the step in hand."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
+import asyncpg
 from prometheus_client import Counter
 
-from shared.service import Runtime
-
 from . import repository as repo
+from .runtime import BillingRuntime
 
 log = logging.getLogger(__name__)
 
 PURGED = Counter("billing_webhook_log_purged_total", "Webhook log rows deleted after the retention period")
+EVERY_SECONDS = 3600.0
 
 
-async def purge_webhook_log_once(rt: Runtime, retention_days: int) -> int:
-    assert rt.pool is not None
-    cutoff = datetime.now(timezone.utc) - timedelta(days=retention_days)
-    async with rt.pool.acquire() as conn:
+async def purge_webhook_log_once(pool: asyncpg.Pool, retention_days: int, now: datetime) -> int:
+    cutoff = now - timedelta(days=retention_days)
+    async with pool.acquire() as conn:
         n = await repo.delete_webhooks_before(conn, cutoff)
     if n:
         PURGED.inc(n)
@@ -27,10 +27,10 @@ async def purge_webhook_log_once(rt: Runtime, retention_days: int) -> int:
     return n
 
 
-async def retention_loop(rt: Runtime, retention_days: int, every_seconds: float = 3600.0) -> None:
-    while not rt.stopping:
+async def retention_loop(rt: BillingRuntime) -> None:
+    while not rt.stopping.is_set():
         try:
-            await purge_webhook_log_once(rt, retention_days)
-        except Exception:  # noqa: BLE001 - try again next round
+            await purge_webhook_log_once(rt.pool, rt.settings.webhook_log_retention_days, rt.now())
+        except Exception:
             log.exception("webhook_log.purge_failed")
-        await asyncio.sleep(every_seconds)
+        await asyncio.sleep(EVERY_SECONDS)

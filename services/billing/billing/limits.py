@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.contracts import CheckReply, CheckRequest, LimitState
+from polar_billing_client.contracts import CheckReply, CheckRequest, LimitState
+
 from shared.periods import Period, billing_period, day_of, month_of
-from shared.plans import ENTITLED_STATUSES, LimitName, Plan, PlanCatalog
+from shared.plans import LimitName, Plan, PlanCatalog
 
 # Not entitled, not over: the user should fix payment rather than buy a plan.
 SUSPENDED = {"incomplete", "unpaid", "paused"}
@@ -16,13 +17,13 @@ SUSPENDED = {"incomplete", "unpaid", "paused"}
 
 @dataclass
 class UserState:
-    sub: dict[str, Any] | None
+    sub: dict[str, Any] | None  # the user's `user_plan` row (whether it entitles them: `entitled`), None if none
     counters: list[list[Any]]  # [limit_name, period_start, used]
     reservations: list[list[Any]]  # [period_start, estimated_tokens, new_thread, thread_id]
     thread_periods: list[Any]
 
     @classmethod
-    def from_row(cls, row: Any) -> "UserState":
+    def from_row(cls, row: Any) -> UserState:
         return cls(row["sub"], row["counters"], row["reservations"], row["thread_periods"])
 
 
@@ -43,7 +44,7 @@ class Evaluation:
 def evaluate(state: UserState, req: CheckRequest, catalog: PlanCatalog, now: datetime) -> Evaluation:
     sub = state.sub
     status = sub["status"] if sub else None
-    entitled = sub is not None and status in ENTITLED_STATUSES
+    entitled = sub is not None and bool(sub["entitled"])
     plan = catalog.get(sub["plan"]) if entitled else catalog.get("free")
     if entitled and sub["current_period_start"] and sub["current_period_end"]:
         period = billing_period((_ts(sub["current_period_start"]), _ts(sub["current_period_end"])), now)

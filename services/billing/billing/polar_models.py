@@ -1,15 +1,21 @@
 """Our own tolerant models of Polar's webhook payloads (polar-sdk 1.0.2's are strict and cannot parse
-`customer.state_changed` with an active subscription: polar-api.md §2.5).
+`customer.state_changed` with an active subscription: docs/polar.md §12).
 
 Unknown fields are ignored, `api_version` is optional, enum-like fields are plain text so a new value survives.
 Only what billing stores is modelled.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import topology
+from shared.retry import Invalid
 
 
 class _Tolerant(BaseModel):
@@ -21,6 +27,43 @@ class Envelope(_Tolerant):
     timestamp: datetime
     api_version: str | None = None
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A stored webhook as billing takes it: its id (Polar's `webhook-id`), the body, and the envelope."""
+
+    id: str
+    raw: dict[str, Any]
+    envelope: Envelope
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+    @classmethod
+    def parse(cls, webhook_id: str, body: bytes | str | dict[str, Any]) -> Webhook:
+        """Raises `Invalid` (dead-lettered at once) when the body is not a webhook envelope."""
+        try:
+            raw = body if isinstance(body, dict) else json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Invalid("body is not JSON") from exc
+        if not isinstance(raw, dict):
+            raise Invalid("body is not a JSON object")
+        try:
+            return cls(webhook_id, raw, Envelope.model_validate(raw))
+        except ValidationError as exc:
+            raise Invalid(f"envelope: {exc.errors(include_url=False, include_input=False)}") from exc
+
+    @classmethod
+    def from_msg(cls, msg: Msg) -> Webhook:
+        headers = msg.headers or {}
+        return cls.parse(headers.get("Nats-Msg-Id") or headers.get("webhook-id") or "", msg.data)
+
+
+def event_type_of(msg: Msg) -> str:
+    """The event type a stored webhook's subject names (for a body that could not be parsed)."""
+    return msg.subject.removeprefix(f"{topology.WEBHOOK_SUBJECT_PREFIX}.")
 
 
 class _Versioned(_Tolerant):
@@ -41,7 +84,7 @@ class CustomerRef(_Tolerant):
 
     @property
     def user_id(self) -> str | None:
-        # On soft delete Polar moves external_id into metadata["__external_id"] (polar-api.md §3.4).
+        # On soft delete Polar moves external_id into metadata["__external_id"] (docs/polar.md §7).
         return self.external_id or self.metadata.get("__external_id")
 
 
@@ -121,8 +164,17 @@ REDACTED_KEYS = frozenset({"billing_address", "tax_id", "customer_billing_addres
 
 
 def redact(value: Any) -> Any:
+    """What the webhook log may keep: no card, address or tax data, no portal URL, and no NUL character (which
+    PostgreSQL's jsonb cannot hold; replaced by U+FFFD so the row, and the replay it allows, can still be written)."""
     if isinstance(value, dict):
-        return {k: ("[redacted]" if k in REDACTED_KEYS and v is not None else redact(v)) for k, v in value.items()}
+        return {_text(k): ("[redacted]" if k in REDACTED_KEYS and v is not None else redact(v))
+                for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _text(value)
     return value
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value

@@ -1,14 +1,14 @@
-"""All of billing's SQL. Parameterized; table and column names below are constants of this module, never input."""
+"""All of billing's SQL, parameterized. Billing owns customers, subscriptions, checkouts, orders, meter_credits,
+webhook_log, billing_outbox and usage_reservations (docs/architecture.md); it reads usage-sync's counters."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from shared.plans import ENTITLED_STATUSES, plan_rank_sql
-
-PLAN_RANK = plan_rank_sql()
+from shared.plans import ENTITLED_STATUSES
 
 
 # --- webhook log ----------------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ async def record_failure(conn: asyncpg.Connection, webhook_id: str, event_type: 
                SET status = 'failed', attempts = GREATEST(webhook_log.attempts, EXCLUDED.attempts),
                    error = EXCLUDED.error, processed_at = now()
                WHERE webhook_log.status NOT IN ('applied', 'skipped')""",
-        webhook_id, event_type, payload, attempts, error[:2000],
+        webhook_id, event_type, payload, attempts, error.replace("\x00", "\ufffd")[:2000],
     )
 
 
@@ -68,43 +68,172 @@ async def delete_webhooks_before(conn: asyncpg.Connection, cutoff: datetime) -> 
 
 
 # --- monotonic upserts ----------------------------------------------------------------------------------------
-async def _upsert(conn: asyncpg.Connection, table: str, row: dict[str, Any], *, key: str = "id",
-                  keep: tuple[str, ...] = ()) -> bool:
-    """Insert, or update only if (version, event_ts) is newer than the stored pair. True if the row changed.
+# Each statement inserts, or updates only when the incoming (version, event_ts) is newer than the stored pair, so a
+# duplicate or an out-of-order delivery never regresses a row. A NULL user id (or checkout / subscription link) never
+# erases one learnt earlier. Each returns True when the row changed.
 
-    `keep` columns keep their stored value when the incoming one is NULL (e.g. a user id learnt earlier).
-    """
-    cols = list(row)
-    sets = ", ".join(
-        f"{c} = COALESCE(EXCLUDED.{c}, {table}.{c})" if c in keep else f"{c} = EXCLUDED.{c}"
-        for c in cols if c != key
-    )
-    sql = (
-        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(f'${i}' for i in range(1, len(cols) + 1))}) "
-        f"ON CONFLICT ({key}) DO UPDATE SET {sets}, updated_at = now() "
-        f"WHERE ({table}.version, {table}.event_ts) < (EXCLUDED.version, EXCLUDED.event_ts) RETURNING {key}"
-    )
-    return await conn.fetchval(sql, *row.values()) is not None
+@dataclass
+class CustomerRow:
+    id: str
+    user_id: str | None
+    deleted_at: datetime | None
+    version: datetime
+    event_ts: datetime
 
 
-async def upsert_customer(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
-    return await _upsert(conn, "customers", row, keep=("user_id",))
+@dataclass
+class SubscriptionRow:
+    id: str
+    customer_id: str
+    user_id: str | None
+    product_id: str
+    plan: str | None
+    unknown_product: bool
+    status: str
+    amount_cents: int | None
+    currency: str | None
+    recurring_interval: str | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    started_at: datetime | None
+    ends_at: datetime | None
+    ended_at: datetime | None
+    checkout_id: str | None
+    version: datetime
+    event_ts: datetime
 
 
-async def upsert_subscription(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
-    return await _upsert(conn, "subscriptions", row, keep=("user_id", "checkout_id"))
+@dataclass
+class CheckoutRow:
+    id: str
+    user_id: str | None
+    product_id: str | None
+    status: str
+    subscription_id: str | None
+    version: datetime
+    event_ts: datetime
 
 
-async def upsert_checkout(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
-    return await _upsert(conn, "checkouts", row, keep=("user_id", "subscription_id"))
+@dataclass
+class OrderRow:
+    id: str
+    customer_id: str
+    user_id: str | None
+    subscription_id: str | None
+    product_id: str | None
+    status: str
+    billing_reason: str | None
+    paid: bool
+    total_amount_cents: int
+    refunded_amount_cents: int
+    currency: str | None
+    version: datetime
+    event_ts: datetime
 
 
-async def upsert_order(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
-    return await _upsert(conn, "orders", row, keep=("user_id",))
+@dataclass
+class MeterCreditRow:
+    grant_id: str
+    customer_id: str
+    user_id: str | None
+    subscription_id: str | None
+    benefit_id: str
+    meter_id: str | None
+    units: int
+    rollover: bool
+    granted_at: datetime | None
+    revoked_at: datetime | None
+    version: datetime
+    event_ts: datetime
 
 
-async def upsert_meter_credit(conn: asyncpg.Connection, row: dict[str, Any]) -> bool:
-    return await _upsert(conn, "meter_credits", row, key="grant_id", keep=("user_id",))
+async def upsert_customer(conn: asyncpg.Connection, r: CustomerRow) -> bool:
+    return await conn.fetchval(
+        """INSERT INTO customers (id, user_id, deleted_at, version, event_ts) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (id) DO UPDATE SET user_id = COALESCE(EXCLUDED.user_id, customers.user_id),
+               deleted_at = EXCLUDED.deleted_at, version = EXCLUDED.version, event_ts = EXCLUDED.event_ts,
+               updated_at = now()
+           WHERE (customers.version, customers.event_ts) < (EXCLUDED.version, EXCLUDED.event_ts)
+           RETURNING true""",
+        r.id, r.user_id, r.deleted_at, r.version, r.event_ts,
+    ) is not None
+
+
+async def upsert_subscription(conn: asyncpg.Connection, r: SubscriptionRow) -> bool:
+    return await conn.fetchval(
+        """INSERT INTO subscriptions (id, customer_id, user_id, product_id, plan, unknown_product, status,
+               amount_cents, currency, recurring_interval, current_period_start, current_period_end,
+               cancel_at_period_end, canceled_at, started_at, ends_at, ended_at, checkout_id, version, event_ts)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+           ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id,
+               user_id = COALESCE(EXCLUDED.user_id, subscriptions.user_id), product_id = EXCLUDED.product_id,
+               plan = EXCLUDED.plan, unknown_product = EXCLUDED.unknown_product, status = EXCLUDED.status,
+               amount_cents = EXCLUDED.amount_cents, currency = EXCLUDED.currency,
+               recurring_interval = EXCLUDED.recurring_interval,
+               current_period_start = EXCLUDED.current_period_start,
+               current_period_end = EXCLUDED.current_period_end,
+               cancel_at_period_end = EXCLUDED.cancel_at_period_end, canceled_at = EXCLUDED.canceled_at,
+               started_at = EXCLUDED.started_at, ends_at = EXCLUDED.ends_at, ended_at = EXCLUDED.ended_at,
+               checkout_id = COALESCE(EXCLUDED.checkout_id, subscriptions.checkout_id),
+               version = EXCLUDED.version, event_ts = EXCLUDED.event_ts, updated_at = now()
+           WHERE (subscriptions.version, subscriptions.event_ts) < (EXCLUDED.version, EXCLUDED.event_ts)
+           RETURNING true""",
+        r.id, r.customer_id, r.user_id, r.product_id, r.plan, r.unknown_product, r.status, r.amount_cents,
+        r.currency, r.recurring_interval, r.current_period_start, r.current_period_end, r.cancel_at_period_end,
+        r.canceled_at, r.started_at, r.ends_at, r.ended_at, r.checkout_id, r.version, r.event_ts,
+    ) is not None
+
+
+async def upsert_checkout(conn: asyncpg.Connection, r: CheckoutRow) -> bool:
+    return await conn.fetchval(
+        """INSERT INTO checkouts (id, user_id, product_id, status, subscription_id, version, event_ts)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (id) DO UPDATE SET user_id = COALESCE(EXCLUDED.user_id, checkouts.user_id),
+               product_id = EXCLUDED.product_id, status = EXCLUDED.status,
+               subscription_id = COALESCE(EXCLUDED.subscription_id, checkouts.subscription_id),
+               version = EXCLUDED.version, event_ts = EXCLUDED.event_ts, updated_at = now()
+           WHERE (checkouts.version, checkouts.event_ts) < (EXCLUDED.version, EXCLUDED.event_ts)
+           RETURNING true""",
+        r.id, r.user_id, r.product_id, r.status, r.subscription_id, r.version, r.event_ts,
+    ) is not None
+
+
+async def upsert_order(conn: asyncpg.Connection, r: OrderRow) -> bool:
+    return await conn.fetchval(
+        """INSERT INTO orders (id, customer_id, user_id, subscription_id, product_id, status, billing_reason, paid,
+               total_amount_cents, refunded_amount_cents, currency, version, event_ts)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+           ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id,
+               user_id = COALESCE(EXCLUDED.user_id, orders.user_id), subscription_id = EXCLUDED.subscription_id,
+               product_id = EXCLUDED.product_id, status = EXCLUDED.status, billing_reason = EXCLUDED.billing_reason,
+               paid = EXCLUDED.paid, total_amount_cents = EXCLUDED.total_amount_cents,
+               refunded_amount_cents = EXCLUDED.refunded_amount_cents, currency = EXCLUDED.currency,
+               version = EXCLUDED.version, event_ts = EXCLUDED.event_ts, updated_at = now()
+           WHERE (orders.version, orders.event_ts) < (EXCLUDED.version, EXCLUDED.event_ts)
+           RETURNING true""",
+        r.id, r.customer_id, r.user_id, r.subscription_id, r.product_id, r.status, r.billing_reason, r.paid,
+        r.total_amount_cents, r.refunded_amount_cents, r.currency, r.version, r.event_ts,
+    ) is not None
+
+
+async def upsert_meter_credit(conn: asyncpg.Connection, r: MeterCreditRow) -> bool:
+    return await conn.fetchval(
+        """INSERT INTO meter_credits (grant_id, customer_id, user_id, subscription_id, benefit_id, meter_id, units,
+               rollover, granted_at, revoked_at, version, event_ts)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+           ON CONFLICT (grant_id) DO UPDATE SET customer_id = EXCLUDED.customer_id,
+               user_id = COALESCE(EXCLUDED.user_id, meter_credits.user_id),
+               subscription_id = EXCLUDED.subscription_id, benefit_id = EXCLUDED.benefit_id,
+               meter_id = EXCLUDED.meter_id, units = EXCLUDED.units, rollover = EXCLUDED.rollover,
+               granted_at = EXCLUDED.granted_at, revoked_at = EXCLUDED.revoked_at,
+               version = EXCLUDED.version, event_ts = EXCLUDED.event_ts, updated_at = now()
+           WHERE (meter_credits.version, meter_credits.event_ts) < (EXCLUDED.version, EXCLUDED.event_ts)
+           RETURNING true""",
+        r.grant_id, r.customer_id, r.user_id, r.subscription_id, r.benefit_id, r.meter_id, r.units, r.rollover,
+        r.granted_at, r.revoked_at, r.version, r.event_ts,
+    ) is not None
 
 
 async def end_missing_subscriptions(conn: asyncpg.Connection, user_id: str, customer_id: str, active_ids: list[str],
@@ -112,10 +241,10 @@ async def end_missing_subscriptions(conn: asyncpg.Connection, user_id: str, cust
     """A customer-state snapshot lists every active subscription: one we hold as entitled but the snapshot
     omits has ended since. Older-than-snapshot rows only; its real final status arrives by its own webhook."""
     result = await conn.execute(
-        f"""UPDATE subscriptions SET status = 'canceled', version = $4, event_ts = $5, updated_at = now()
-            WHERE customer_id = $2 AND (user_id = $1 OR user_id IS NULL) AND NOT (id = ANY($3::text[]))
-              AND status IN {ENTITLED_STATUSES!r} AND (version, event_ts) < ($4, $5)""",
-        user_id, customer_id, active_ids, version, event_ts,
+        """UPDATE subscriptions SET status = 'canceled', version = $4, event_ts = $5, updated_at = now()
+           WHERE customer_id = $2 AND (user_id = $1 OR user_id IS NULL) AND NOT (id = ANY($3::text[]))
+             AND status = ANY($6::text[]) AND (version, event_ts) < ($4, $5)""",
+        user_id, customer_id, active_ids, version, event_ts, list(ENTITLED_STATUSES),
     )
     return int(result.split()[-1])
 
@@ -131,11 +260,10 @@ async def lock_user(conn: asyncpg.Connection, user_id: str) -> None:
 
 
 async def effective_plan(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
-    """The subscription that sets the user's plan: the best-ranked entitled one. None = Free."""
+    """The subscription that sets the user's plan (the `user_plan` view), if it entitles them. None = Free."""
     return await conn.fetchrow(
-        f"""SELECT id, plan, status, current_period_end, cancel_at_period_end FROM subscriptions
-            WHERE user_id = $1 AND plan IS NOT NULL AND status IN {ENTITLED_STATUSES!r}
-            ORDER BY {PLAN_RANK} DESC, version DESC LIMIT 1""",
+        "SELECT id, plan, status, current_period_end, cancel_at_period_end FROM user_plan "
+        "WHERE user_id = $1 AND entitled",
         user_id,
     )
 
@@ -163,13 +291,12 @@ async def mark_published(conn: asyncpg.Connection, ids: list[int]) -> None:
 
 # --- limits: the user's whole state in one round trip ------------------------------------------------------------
 async def user_state(conn: asyncpg.Connection, user_id: str, now: datetime, thread_id: str | None) -> asyncpg.Record:
-    """The plan-setting subscription, the current counters, the open reservations, and the periods in which
+    """The plan-setting subscription (entitling or not: status shows a canceled one), the current counters, the open reservations, and the periods in which
     `thread_id` was already seen: one statement."""
     return await conn.fetchrow(
-        f"""WITH sub AS (
-                SELECT id, plan, status, current_period_start, current_period_end, cancel_at_period_end
-                FROM subscriptions WHERE user_id = $1 AND plan IS NOT NULL
-                ORDER BY (status IN {ENTITLED_STATUSES!r}) DESC, {PLAN_RANK} DESC, version DESC LIMIT 1)
+        """WITH sub AS (
+                SELECT id, plan, status, entitled, current_period_start, current_period_end, cancel_at_period_end
+                FROM user_plan WHERE user_id = $1)
             SELECT
               (SELECT to_jsonb(sub) FROM sub) AS sub,
               (SELECT coalesce(jsonb_agg(jsonb_build_array(limit_name, period_start, used)), '[]'::jsonb)

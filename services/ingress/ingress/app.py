@@ -1,19 +1,24 @@
-"""Wiring only: the runtime, the routes, the lifespan."""
+"""Wiring only: ingress's runtime, routes and headers."""
+from __future__ import annotations
+
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from shared.service import new_runtime, service_app
+from shared.service import Service, service_app
 
-from . import pages
+from . import pages, runtime
 from .settings import IngressSettings
-from .webhooks import receive, signing_keys
+from .webhook_endpoint import receive
 
 SERVICE = "ingress"
 
 
 def build_app(settings: IngressSettings) -> Starlette:
-    rt = new_runtime(SERVICE, settings)
-    app = service_app(rt, routes=[Route("/webhooks/polar", receive, methods=["POST"]), *pages.ROUTES])
+    app = service_app(Service(
+        name=SERVICE,
+        settings=settings,
+        build=runtime.build(settings),
+        routes=[Route("/webhooks/polar", receive, methods=["POST"]), *pages.ROUTES],
+    ))
     app.add_middleware(pages.SecurityHeaders, frame_ancestors=settings.pages_frame_ancestors)
-    app.state.signing_keys = signing_keys(settings.polar_webhook_secret.get_secret_value())
     return app

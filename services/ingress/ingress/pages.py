@@ -1,6 +1,6 @@
 """The pages a chat product links to or embeds: status and upgrade, checkout success and cancel.
 
-Access is by a signed, short-lived token (shared.links), never a bare user id. Checkout and portal links are made by
+Access is by a signed, short-lived token (polar_billing_client.links), never a bare user id. Checkout and portal links are made by
 billing (over NATS) when the user presses the button, and the browser is redirected; the portal URL carries a bearer
 token and is never rendered or logged. The success page never claims payment from the redirect alone: it waits until
 billing has seen the checkout succeed and the subscription become active.
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
+from polar_billing_client import links
+from polar_billing_client.client import BillingClient, BillingError, BillingUnavailable
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -21,11 +23,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared import links
-from shared.client import BillingClient, BillingError, BillingUnavailable
 from shared.plans import PLANS, PlanName
 
 from . import repository as repo
+from .runtime import IngressRuntime
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -34,12 +35,16 @@ CONFIRM_PATIENCE = 120  # seconds of "confirming…" before the page says the pa
 REFRESH_SECONDS = 2
 
 
+def _rt(request: Request) -> IngressRuntime:
+    return request.app.state.rt
+
+
 def _client(request: Request) -> BillingClient:
-    return BillingClient(request.app.state.rt.broker.connection, timeout=5.0)
+    return _rt(request).billing
 
 
 def _user(request: Request, token: str | None) -> str | None:
-    secret = request.app.state.rt.settings.status_page_secret
+    secret = _rt(request).settings.status_page_secret
     if secret is None or not token:
         return None
     try:
@@ -49,7 +54,7 @@ def _user(request: Request, token: str | None) -> str | None:
 
 
 def _page(request: Request, name: str, status_code: int = 200, **context) -> Response:
-    context.setdefault("app_url", request.app.state.rt.settings.pages_app_url)
+    context.setdefault("app_url", _rt(request).settings.pages_app_url)
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
@@ -73,7 +78,7 @@ def _percent(used: int, limit: int | None) -> int | None:
 
 
 async def status_page(request: Request) -> Response:
-    if request.app.state.rt.settings.status_page_secret is None:
+    if _rt(request).settings.status_page_secret is None:
         return _page(request, "message.html", 503, title="Not configured", message="Status pages are not set up.")
     token = request.query_params.get("token")
     user_id = _user(request, token)
@@ -96,7 +101,7 @@ async def status_page(request: Request) -> Response:
                  upgrades=[PLANS[PlanName.PRO], PLANS[PlanName.TEAM]] if status.plan == "free" else [])
 
 
-async def _redirect_to_billing_link(request: Request, make_link) -> Response:  # noqa: ANN001
+async def _redirect_to_billing_link(request: Request, make_link) -> Response:
     """A form POST from the status page: check its token, have billing make the link, send the browser there."""
     form = await request.form()
     user_id = _user(request, form.get("token"))
@@ -109,14 +114,14 @@ async def _redirect_to_billing_link(request: Request, make_link) -> Response:  #
     return RedirectResponse(url, status_code=303)
 
 
-async def _checkout_link(client: BillingClient, user_id: str, form) -> str:  # noqa: ANN001
+async def _checkout_link(client: BillingClient, user_id: str, form) -> str:
     plan = str(form.get("plan", ""))
     link = await client.checkout_url(user_id, plan)
     log.info("pages.checkout_redirect", extra={"user_id": user_id, "plan": plan, "checkout_id": link.checkout_id})
     return link.url
 
 
-async def _portal_link(client: BillingClient, user_id: str, form) -> str:  # noqa: ANN001
+async def _portal_link(client: BillingClient, user_id: str, form) -> str:
     link = await client.portal_url(user_id)
     log.info("pages.portal_redirect", extra={"user_id": user_id})  # never the URL: it holds a bearer token
     return link.url
@@ -138,7 +143,7 @@ async def success(request: Request) -> Response:
         started = int(request.query_params.get("started", ""))
     except ValueError:
         started = int(time.time())
-    async with request.app.state.rt.pool.acquire() as conn:
+    async with _rt(request).pool.acquire() as conn:
         row = await repo.checkout_outcome(conn, checkout_id)
     confirmed = (row is not None and row["checkout_status"] == "succeeded"
                  and row["subscription_status"] in ("active", "trialing"))
@@ -194,7 +199,7 @@ ROUTES = [
 
 
 def fmt_time(value: datetime | None) -> str:
-    return value.astimezone(timezone.utc).strftime("%b %-d, %Y %H:%M UTC") if value else ""
+    return value.astimezone(UTC).strftime("%b %-d, %Y %H:%M UTC") if value else ""
 
 
 templates.env.filters["when"] = fmt_time

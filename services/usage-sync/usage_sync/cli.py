@@ -21,8 +21,7 @@ async def run(settings: UsageSyncSettings, args: argparse.Namespace) -> int:
     conn = await connect(settings.database_url)
     try:
         if args.command == "quarantined":
-            rows = await conn.fetch("SELECT event_id, user_id, sync_error FROM usage_events "
-                                    "WHERE sync_status = 'quarantined' ORDER BY received_at")
+            rows = await repo.list_quarantined(conn)
             for r in rows:
                 print(f"{r['event_id']}\t{r['user_id']}\t{r['sync_error']}")
             print(f"{len(rows)} quarantined")

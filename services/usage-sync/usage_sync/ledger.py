@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from nats.aio.msg import Msg
-from pydantic import ValidationError
+from polar_billing_client.contracts import UsageEvent
 
-from shared.contracts import UsageEvent
 from shared.periods import billing_period, day_of
 from shared.plans import PLANS, LimitName, PlanName
 
@@ -23,47 +21,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Bad:
-    msg: Msg
-    reason: str
-
-
-@dataclass
-class Parsed:
-    good: list[tuple[Msg, UsageEvent]] = field(default_factory=list)
-    bad: list[Bad] = field(default_factory=list)
-
-
-@dataclass
 class Recorded:
     inserted: int = 0
     duplicates: int = 0
     settled: int = 0
-
-
-def _reason(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "invalid usage event: " + "; ".join(parts)
-
-
-def parse(msgs: list[Msg]) -> Parsed:
-    """Each message on its own: one bad message never takes the others down with it."""
-    out = Parsed()
-    for m in msgs:
-        try:
-            out.good.append((m, UsageEvent.model_validate_json(m.data)))
-        except ValidationError as exc:
-            kinds = {e["type"] for e in exc.errors(include_url=False)}
-            if "json_invalid" in kinds:
-                out.bad.append(Bad(m, "malformed JSON"))
-            elif "model_type" in kinds:
-                out.bad.append(Bad(m, "not a JSON object"))
-            else:
-                out.bad.append(Bad(m, _reason(exc)))
-    return out
 
 
 THRESHOLDS = (80, 100)
@@ -82,15 +43,8 @@ def crossings(counters: list[asyncpg.Record], plans: dict[str, str]) -> list[tup
     return out
 
 
-def dead_letter_row(bad: Bad) -> tuple:
-    meta = bad.msg.metadata
-    headers = dict(bad.msg.headers or {})
-    return (bad.msg.subject, headers.get("Nats-Msg-Id"), meta.sequence.stream, headers, bad.msg.data, bad.reason,
-            meta.num_delivered)
-
-
-async def record(conn: asyncpg.Connection, events: list[UsageEvent], bad: list[Bad]) -> Recorded:
-    """Ledger rows, counters, threads, reservations and dead letters of one batch, in one transaction."""
+async def record(conn: asyncpg.Connection, events: list[UsageEvent]) -> Recorded:
+    """Ledger rows, counters, threads and reservations of one batch, in one transaction."""
     unique: dict[str, UsageEvent] = {}
     for e in events:
         unique.setdefault(e.event_id, e)  # a repeat inside the batch is a duplicate like any other
@@ -122,5 +76,4 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], bad: list[B
         counters = await repo.add_to_counters(conn, deltas)
         await repo.add_thresholds(conn, crossings(counters, {u: plan for u, (plan, _) in paid.items()}))
         settled = await repo.settle_reservations(conn, reservations)
-        await repo.insert_dead_letters(conn, [dead_letter_row(b) for b in bad])
     return Recorded(inserted=len(inserted), duplicates=len(events) - len(inserted), settled=settled)

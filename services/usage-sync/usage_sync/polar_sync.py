@@ -14,21 +14,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from polar import PolarNetworkError, PolarServerError
-from polar.base import PolarRateLimitError
 from polar.v2026_10 import PolarAsync
-from polar.v2026_10 import errors as polar_errors
 from prometheus_client import Counter, Gauge
 
-from shared.service import Runtime
+from shared import polar
+from shared.retry import backoff
 
 from . import repository as repo
+from .runtime import UsageSyncRuntime
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def to_polar(row: asyncpg.Record, event_name: str, now: datetime) -> dict[str, A
         "name": event_name,
         "external_customer_id": row["user_id"],
         "external_id": row["event_id"],
-        "timestamp": ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "timestamp": ts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "metadata": {
             "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"],
             "cached_input_tokens": row["cached_input_tokens"], "total_tokens": billable,
@@ -86,20 +84,30 @@ def to_polar(row: asyncpg.Record, event_name: str, now: datetime) -> dict[str, A
     }
 
 
+def refused_events(detail: list[tuple[tuple[str | int, ...], str]], size: int) -> dict[int, str]:
+    """Polar's 422 detail → {index in the batch: why}, for the entries that name an event (`body.events.<i>…`).
+    Empty when no entry names one: the batch is then bisected to find the refused events."""
+    reasons: dict[int, list[str]] = {}
+    for loc, msg in detail:
+        if len(loc) >= 3 and loc[:2] == ("body", "events") and isinstance(loc[2], int) and 0 <= loc[2] < size:
+            reasons.setdefault(loc[2], []).append(f"{'.'.join(str(p) for p in loc[3:]) or 'event'}: {msg}")
+    return {i: "; ".join(why) for i, why in reasons.items()}
+
+
 class PolarSync:
-    def __init__(self, rt: Runtime, polar: PolarAsync, *, event_name: str, batch_size: int = 1000,
-                 flush_interval: float = 1.0, max_requests_per_second: float = 5.0) -> None:
+    def __init__(self, rt: UsageSyncRuntime, client: PolarAsync) -> None:
+        s = rt.settings
         self.rt = rt
-        self.polar = polar
-        self.event_name = event_name
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.min_gap = 1.0 / max_requests_per_second
+        self.polar = client
+        self.event_name = s.polar_usage_event_name
+        self.batch_size = s.polar_ingest_batch_size
+        self.flush_interval = s.polar_flush_interval_seconds
+        self.min_gap = 1.0 / s.polar_max_requests_per_second
         self._last_request = 0.0
         self._failures = 0
 
     async def run(self) -> None:
-        while not self.rt.stopping:
+        while not self.rt.stopping.is_set():
             try:
                 sent = await self.step()
                 self._failures = 0
@@ -108,17 +116,16 @@ class PolarSync:
                 log.warning("polar.ingest_retry", extra={"cause": b.cause, "wait_seconds": round(b.seconds, 2)})
                 await asyncio.sleep(b.seconds)
                 continue
-            except Exception:  # noqa: BLE001 - the database or something unexpected: back off, keep the rows
+            except Exception:
                 log.exception("polar.sync_failed")
-                await asyncio.sleep(min(30.0, 2 ** min(self._failures, 5)))
                 self._failures += 1
+                await asyncio.sleep(backoff(self._failures, base=1.0, cap=30.0))
                 continue
             if not sent:
                 await asyncio.sleep(0.1)
 
     async def step(self) -> int:
         """One batch, if one is due. Returns how many rows left the outbox."""
-        assert self.rt.pool is not None
         async with self.rt.pool.acquire() as conn:
             n, age = await repo.outbox_lag(conn)
             LAG_EVENTS.set(n)
@@ -127,7 +134,7 @@ class PolarSync:
                 return 0
             async with conn.transaction():
                 rows = await repo.take_pending(conn, self.batch_size)
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 batch, size = [], 2
                 for row in rows:
                     event = to_polar(row, self.event_name, now)
@@ -145,18 +152,17 @@ class PolarSync:
             await asyncio.sleep(wait)
         self._last_request = time.monotonic()
         try:
-            result = await self.polar.events.ingest(events=batch)
-        except PolarRateLimitError as exc:
+            result = await polar.call("events.ingest", lambda: self.polar.events.ingest(events=batch))
+        except polar.PolarRateLimited as exc:
             BATCHES.labels("rate_limited").inc()
             raise Backoff(float(exc.retry_after or 1), "rate_limited") from exc
-        except polar_errors.HTTPValidationError as exc:
+        except polar.PolarRejected as exc:
             BATCHES.labels("refused").inc()
             return await self._split(conn, batch, exc)
-        except (PolarServerError, PolarNetworkError) as exc:
+        except polar.PolarUnavailable as exc:
             BATCHES.labels("failed").inc()
             self._failures += 1
-            delay = min(60.0, 0.5 * 2 ** min(self._failures, 7))
-            raise Backoff(random.uniform(delay / 2, delay), type(exc).__name__) from exc
+            raise Backoff(backoff(self._failures, jitter=True), exc.cause) from exc
         BATCHES.labels("ok").inc()
         SENT.inc(result.inserted)
         POLAR_DUPLICATES.inc(result.duplicates)
@@ -168,22 +174,15 @@ class PolarSync:
                                           "duplicates": result.duplicates})
         return len(batch)
 
-    async def _split(self, conn: asyncpg.Connection, batch: list[dict[str, Any]],
-                     exc: polar_errors.HTTPValidationError) -> int:
-        detail = (exc.error.detail if exc.error else None) or []
-        reasons: dict[int, list[str]] = {}
-        for d in detail:
-            loc = list(d.loc)
-            if len(loc) >= 3 and loc[:2] == ["body", "events"] and isinstance(loc[2], int) and loc[2] < len(batch):
-                reasons.setdefault(loc[2], []).append(f"{'.'.join(str(p) for p in loc[3:]) or 'event'}: {d.msg}")
+    async def _split(self, conn: asyncpg.Connection, batch: list[dict[str, Any]], exc: polar.PolarRejected) -> int:
+        reasons = refused_events(exc.detail, len(batch))
         if reasons:
             for i, why in reasons.items():
-                await self._quarantine(conn, batch[i], "; ".join(why))
+                await self._quarantine(conn, batch[i], why)
             rest = [e for i, e in enumerate(batch) if i not in reasons]
             return len(reasons) + await self._send(conn, rest)
         if len(batch) == 1:
-            msg = "; ".join(d.msg for d in detail) or "refused by Polar (422)"
-            await self._quarantine(conn, batch[0], msg)
+            await self._quarantine(conn, batch[0], "; ".join(msg for _, msg in exc.detail) or "refused by Polar (422)")
             return 1
         half = len(batch) // 2
         return await self._send(conn, batch[:half]) + await self._send(conn, batch[half:])

@@ -1,4 +1,7 @@
-"""All of usage-sync's SQL. Batches go in with `unnest`: one statement per table per batch."""
+"""All of usage-sync's SQL. Batches go in with `unnest`: one statement per table per batch.
+
+Usage-sync owns usage_events (the ledger, also the outbox to Polar), usage_counters, usage_threads and
+usage_thresholds; it settles billing's usage_reservations in the ledger's transaction (docs/architecture.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,22 +10,19 @@ from datetime import datetime
 import asyncpg
 
 from shared.periods import Period
-from shared.plans import ENTITLED_STATUSES, plan_rank_sql
-
-PLAN_RANK = plan_rank_sql()
 
 
-
-async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, tuple[str, Period]]:
-    """The plan and current billing period of each user's plan-setting subscription (billing's rows, read only)."""
+async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]
+                       ) -> dict[str, tuple[str, Period | None]]:
+    """The plan of each user whose plan-setting subscription (billing's `user_plan` view, read only) entitles them,
+    and its current billing period (None when the row has no period dates: the calendar month applies)."""
     rows = await conn.fetch(
-        f"""SELECT DISTINCT ON (user_id) user_id, plan, current_period_start, current_period_end FROM subscriptions
-            WHERE user_id = ANY($1::text[]) AND plan IS NOT NULL AND status IN {ENTITLED_STATUSES!r}
-              AND current_period_start IS NOT NULL AND current_period_end IS NOT NULL
-            ORDER BY user_id, {PLAN_RANK} DESC, version DESC""",
+        """SELECT user_id, plan, current_period_start, current_period_end FROM user_plan
+           WHERE user_id = ANY($1::text[]) AND entitled""",
         list(user_ids),
     )
-    return {r["user_id"]: (r["plan"], (r["current_period_start"], r["current_period_end"])) for r in rows}
+    return {r["user_id"]: (r["plan"], (r["current_period_start"], r["current_period_end"])
+                           if r["current_period_start"] and r["current_period_end"] else None) for r in rows}
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
@@ -117,17 +117,6 @@ async def settle_reservations(conn: asyncpg.Connection, reservation_ids: Sequenc
     return int(result.split()[-1])
 
 
-async def insert_dead_letters(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
-    """(subject, msg_id, stream_seq, headers, payload, reason, deliveries)"""
-    if not rows:
-        return
-    await conn.executemany(
-        """INSERT INTO dead_letters (source, subject, msg_id, stream_seq, headers, payload, reason, deliveries)
-           VALUES ('usage-sync', $1, $2, $3, $4, $5, $6, $7)""",
-        rows,
-    )
-
-
 # --- the outbox to Polar --------------------------------------------------------------------------------------
 async def take_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     """Unsynced rows, locked for this transaction: another usage-sync process skips them."""
@@ -171,3 +160,8 @@ async def outbox_lag(conn: asyncpg.Connection) -> tuple[int, float]:
         "FROM usage_events WHERE sync_status = 'pending'"
     )
     return int(row["n"]), float(row["age"])
+
+
+async def list_quarantined(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT event_id, user_id, sync_error FROM usage_events "
+                            "WHERE sync_status = 'quarantined' ORDER BY received_at")

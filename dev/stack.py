@@ -20,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import dotenv_values
+from polar_billing_client import links
 
-from shared import links, topology
+from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port, port_free
+from shared import topology
 from shared.db.migrate import migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 # STACK_DATA_DIR moves the embedded servers' data (tests run a stack of their own beside yours).
 DATA = Path(os.environ.get("STACK_DATA_DIR", ROOT / ".data")).resolve()
+# Where the packages live: the repository root (shared, dev, polar_emulator), each service, and the client package.
+PYTHONPATH = os.pathsep.join(str(ROOT / d) for d in (".", "services/ingress", "services/billing",
+                                                     "services/usage-sync", "clients/python"))
 STOP_BUDGET = 10.0  # seconds from Ctrl-C to everything gone
 READY_TIMEOUT = 60.0
 
@@ -67,8 +71,6 @@ def _ready(url: str, path: str = "/readyz") -> bool:
 
 
 def _pick_port(preferred: int) -> int:
-    from shared.embedded import free_port
-
     return preferred if port_free(preferred) else free_port()
 
 
@@ -163,9 +165,7 @@ def run() -> int:
         by_name = {c.name: c for c in children}
         env["BILLING_HTTP_PORT"] = str(by_name["billing"].port)
         env["USAGE_SYNC_HTTP_PORT"] = str(by_name["usage-sync"].port)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))]
-        )
+        env["PYTHONPATH"] = PYTHONPATH
         env["PYTHONUNBUFFERED"] = "1"
         for child in children:
             # Own session: Ctrl-C reaches only this supervisor, which stops the services in order.

@@ -15,23 +15,42 @@ import json
 import logging
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.js.api import PubAck
-from prometheus_client import Counter
 from pydantic import BaseModel
 
-from shared import links, topology
-from shared.contracts import (CheckoutRequest, CheckReply, CheckRequest, ErrorBody, LimitState, LinkReply,
-                              PortalRequest, ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest, StatusReply,
-                              StatusRequest, UsageEvent)
+from . import links
+from .contracts import (
+    CheckoutRequest,
+    CheckReply,
+    CheckRequest,
+    ErrorBody,
+    LimitState,
+    LinkReply,
+    PortalRequest,
+    ReleaseReply,
+    ReleaseRequest,
+    ReserveReply,
+    ReserveRequest,
+    StatusReply,
+    StatusRequest,
+    UsageEvent,
+)
+from .subjects import USAGE_STREAM, rpc_subject, usage_subject
 
 log = logging.getLogger(__name__)
-DEGRADED = Counter("billing_client_degraded_total", "Decisions made without billing's answer", ["verb", "policy"])
+try:  # metrics are optional: `pip install polar-billing-client[metrics]`
+    from prometheus_client import Counter
+
+    DEGRADED: Counter | None = Counter("billing_client_degraded_total", "Decisions made without billing's answer",
+                                       ["verb", "policy"])
+except ImportError:  # pragma: no cover - exercised where prometheus_client is absent
+    DEGRADED = None
 Policy = Literal["raise", "allow", "deny"]
 R = TypeVar("R", bound=BaseModel)
 
@@ -77,7 +96,7 @@ class BillingClient:
         self.on_unavailable = on_unavailable
 
     @classmethod
-    async def connect(cls, servers: str | list[str], **options) -> "BillingClient":
+    async def connect(cls, servers: str | list[str], **options) -> BillingClient:
         """options: the client's own (timeout, on_unavailable, public_base_url, status_page_secret, publish_timeout)."""
         nc = await nats.connect(servers, name="billing-client", max_reconnect_attempts=-1)
         return cls(nc, **options)
@@ -102,7 +121,7 @@ class BillingClient:
         event = UsageEvent(
             event_id=event_id or new_event_id(), user_id=user_id, thread_id=thread_id, model=model,
             input_tokens=input_tokens, output_tokens=output_tokens, cached_input_tokens=cached_input_tokens,
-            custom_key=custom_key, occurred_at=occurred_at or datetime.now(timezone.utc),
+            custom_key=custom_key, occurred_at=occurred_at or datetime.now(UTC),
             reservation_id=reservation_id,
         )
         return await self.publish_usage(event)
@@ -110,7 +129,7 @@ class BillingClient:
     # --- requests to billing ---------------------------------------------------------------------------------------
     async def _request(self, verb: str, req: BaseModel, reply_type: type[R], timeout: float | None) -> R:
         try:
-            msg = await self.nc.request(topology.rpc_subject(verb), req.model_dump_json(exclude_none=True).encode(),
+            msg = await self.nc.request(rpc_subject(verb), req.model_dump_json(exclude_none=True).encode(),
                                         timeout=timeout or self.timeout)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
             raise BillingUnavailable(f"billing.rpc.{verb}: {type(exc).__name__}") from exc
@@ -119,7 +138,8 @@ class BillingClient:
         return reply_type.model_validate_json(msg.data)
 
     def _degraded(self, verb: str, policy: Policy, user_id: str, exc: BillingUnavailable) -> CheckReply:
-        DEGRADED.labels(verb, policy).inc()
+        if DEGRADED is not None:
+            DEGRADED.labels(verb, policy).inc()
         log.warning("billing.degraded_decision", extra={"verb": verb, "policy": policy, "user_id": user_id,
                                                          "error": str(exc)})
         empty = LimitState(used=0, limit=None, resets_at=None)
@@ -180,9 +200,9 @@ class BillingClient:
 
     async def publish_usage(self, event: UsageEvent) -> PubAck:
         return await self.js.publish(
-            topology.usage_subject(event.user_id),
+            usage_subject(event.user_id),
             event.model_dump_json().encode(),
-            stream=topology.USAGE.name,
+            stream=USAGE_STREAM,
             headers={"Nats-Msg-Id": event.event_id, "content-type": "application/json"},
             timeout=self.publish_timeout,
         )

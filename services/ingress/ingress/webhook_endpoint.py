@@ -1,24 +1,25 @@
-"""POST /webhooks/polar: verify, publish once to JetStream, and answer Polar only after the broker stored it.
+"""Where a webhook enters: POST /webhooks/polar. Verify, publish once to JetStream, and answer Polar only after the
+broker stored it.
 
 No parsing beyond the envelope `type`: a signed event of an unknown type or a drifted schema is still stored and
-answered 2xx, so schema drift can never get the endpoint disabled (polar-api.md §2.5, §2.7).
+answered 2xx, so schema drift can never get the endpoint disabled (docs/polar.md §5, §6).
 """
 from __future__ import annotations
 
 import asyncio
-import binascii
 import json
 import logging
 import re
 
-from faststream.nats import NatsBroker
 from prometheus_client import Counter, Histogram
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shared import topology
+from shared.messaging.publish import publish
+
+from .runtime import IngressRuntime
+from .signatures import verify
 
 log = logging.getLogger(__name__)
 
@@ -29,34 +30,6 @@ REQUIRED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 WEBHOOKS = Counter("ingress_webhooks_total", "Webhooks received, by outcome", ["outcome"])
 PUBLISH_SECONDS = Histogram("ingress_webhook_publish_seconds", "Time from request to JetStream ack")
-
-
-def signing_keys(secret: str) -> list[Webhook]:
-    """Both of Polar's schemes: the legacy key is the UTF-8 bytes of the whole secret (prefix included); the Standard
-    Webhooks key is the base64 after `whsec_`. A signature matching either is accepted (polar-api.md §2.3)."""
-    keys = []
-    try:
-        keys.append(Webhook(secret))  # first: every secret Polar generated since Sep 2026 signs this way
-    except Exception:  # noqa: BLE001 - not base64 (a legacy secret): the legacy key alone
-        pass
-    keys.append(Webhook(secret.encode()))
-    return keys
-
-
-def verify(keys: list[Webhook], body: bytes, headers: dict[str, str]) -> str | None:
-    """None when a key verifies the body; otherwise the reason, short and safe to return."""
-    reason = "no matching signature"
-    for key in keys:
-        try:
-            key.verify(body, headers, json_parse=False)
-            return None
-        except WebhookVerificationError as exc:
-            reason = str(exc).lower()
-            if "timestamp" in reason or "headers" in reason:
-                return reason  # the same for every key
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            return "malformed signature header"
-    return reason
 
 
 def _problem(status: int, outcome: str, detail: str, webhook_id: str | None = None) -> JSONResponse:
@@ -79,8 +52,7 @@ async def _read_body(request: Request) -> bytes | None:
 
 
 async def receive(request: Request) -> Response:
-    keys: list[Webhook] = request.app.state.signing_keys
-    broker: NatsBroker = request.app.state.rt.broker
+    rt: IngressRuntime = request.app.state.rt
     body = await _read_body(request)
     if body is None:
         return _problem(413, "too_large", f"body over {MAX_BODY} bytes")
@@ -91,7 +63,7 @@ async def receive(request: Request) -> Response:
     webhook_id = headers["webhook-id"]
     if len(webhook_id) > 256:
         return _problem(400, "bad_headers", "webhook-id too long")
-    failure = verify(keys, body, headers)
+    failure = verify(rt.signing_keys, body, headers)
     if failure:
         return _problem(403, "bad_signature", f"signature verification failed: {failure}", webhook_id)
     try:
@@ -108,19 +80,11 @@ async def receive(request: Request) -> Response:
     t0 = loop.time()
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT):
-            # The broker's own JetStream context: the PubAck is what we answer on (a core publish would have none).
-            ack = await broker.connection.jetstream().publish(
-                topology.webhook_subject(event_type),
-                body,
-                stream=topology.POLAR_WEBHOOKS.name,
-                headers={
-                    "Nats-Msg-Id": webhook_id,
-                    "webhook-id": webhook_id,
-                    "webhook-timestamp": headers["webhook-timestamp"],
-                    "content-type": "application/json",
-                },
-                timeout=PUBLISH_TIMEOUT,
-            )
+            # The PubAck is what we answer on (docs/nats.md §7); the webhook-id is the message id, so Polar's
+            # retries of one event are stored once.
+            ack = await publish(rt.js, topology.webhook_subject(event_type), body, msg_id=webhook_id,
+                                stream=topology.POLAR_WEBHOOKS.name, timeout=PUBLISH_TIMEOUT,
+                                headers={"webhook-id": webhook_id, "webhook-timestamp": headers["webhook-timestamp"]})
     except Exception as exc:  # noqa: BLE001 - broker gone, slow, or refusing: Polar must retry
         WEBHOOKS.labels("broker_unavailable").inc()
         log.error("webhook.publish_failed", extra={"webhook_id": webhook_id, "type": event_type,

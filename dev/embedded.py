@@ -191,7 +191,7 @@ class EmbeddedPostgres:
                     "--locale=C"]
             if not self.durable:
                 args.append("--no-sync")
-            res = subprocess.run(args, capture_output=True, text=True, **self._run_as())
+            res = subprocess.run(args, capture_output=True, text=True, check=False, **self._run_as())
             if res.returncode != 0:
                 raise EmbeddedError(f"initdb failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
         args = [str(bins / "postgres"), "-D", str(self.pgdata), "-h", HOST, "-p", str(self.port),
@@ -210,7 +210,7 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             res = subprocess.run([str(bins / "pg_isready"), "-h", HOST, "-p", str(self.port), "-U", "postgres"],
-                                 capture_output=True)
+                                 capture_output=True, check=False)
             if res.returncode == 0:
                 return
             time.sleep(0.1)

@@ -1,0 +1,30 @@
+"""Usage-sync's runtime: what its consumer and loops are given."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from polar.v2026_10 import PolarAsync
+
+from shared import polar
+from shared.runtime import Connections, Runtime
+
+from .settings import UsageSyncSettings
+
+POLAR_TIMEOUT = 10.0  # an ingest batch of up to 1 MB
+
+
+@dataclass(kw_only=True)
+class UsageSyncRuntime(Runtime[UsageSyncSettings]):
+    polar: PolarAsync | None  # None: POLAR_ACCESS_TOKEN unset; usage is recorded and kept unsynced
+
+
+def build(settings: UsageSyncSettings) -> Callable[[Connections], Awaitable[UsageSyncRuntime]]:
+    async def runtime(conns: Connections) -> UsageSyncRuntime:
+        return UsageSyncRuntime(**conns.fields(), settings=settings,
+                                polar=polar.make_client(settings, timeout=POLAR_TIMEOUT))
+    return runtime
+
+
+async def close(rt: UsageSyncRuntime) -> None:
+    await polar.close(rt.polar)

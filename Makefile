@@ -7,11 +7,12 @@ STAMP  := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR):$(CURDIR)/services/ingress:$(CURDIR)/services/billing:$(CURDIR)/services/usage-sync:$(CURDIR)/clients/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench venv clean help browser
+.PHONY: run test lint bench venv clean help browser
 
 help:
 	@echo "make run    the whole stack (embedded NATS + PostgreSQL where NATS_URL / DATABASE_URL are unset)"
 	@echo "make test   the test suite against real NATS and PostgreSQL"
+	@echo "make lint   ruff and mypy (make test runs them first)"
 	@echo "make bench  the benchmarks under bench/"
 
 venv: $(STAMP)
@@ -24,8 +25,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	exec $(BIN)/python -m dev.stack
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy, configured in pyproject.toml; both must be clean.
+lint: $(STAMP)
+	$(BIN)/ruff check services shared dev clients polar_emulator
+	$(BIN)/mypy
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is not used). Where it cannot be
 # installed (not root, no apt), those tests skip and say why.

@@ -1,7 +1,7 @@
 """make bench: every benchmark, each beside its raw baseline in the same run. `make bench BENCH=usage` runs one."""
 import os
 
-from bench import check_latency, ingress, usage_ingest
+from bench import check_latency, ingress, messaging, usage_ingest
 
 if __name__ == "__main__":
     which = os.environ.get("BENCH", "all")
@@ -11,3 +11,5 @@ if __name__ == "__main__":
         usage_ingest.main()
     if which in ("all", "check"):
         check_latency.main()
+    if which in ("all", "messaging"):
+        messaging.main()

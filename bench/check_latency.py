@@ -17,12 +17,12 @@ import nats
 
 from polar_billing_client.client import BillingClient
 from shared.db.migrate import migrate
+from dev.stack import PYTHONPATH
 from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.periods import day_of, month_of
 from datetime import datetime, timezone
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHONPATH = os.pathsep.join([str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))])
 DURATION = float(os.environ.get("BENCH_CHECK_SECONDS", "5"))
 USERS = 1000
 

@@ -20,6 +20,7 @@ import aiohttp
 import httpx
 
 from shared import topology
+from dev.stack import PYTHONPATH
 from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.support.webhooks import body_of, example, sign
 
@@ -28,7 +29,6 @@ SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1iZW5jaG1hcmstc2VjcmV0"
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "50"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "6000"))
 WARMUP = 500
-PYTHONPATH = os.pathsep.join([str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))])
 
 
 def requests(tag: str, n: int) -> list[tuple[bytes, dict[str, str]]]:

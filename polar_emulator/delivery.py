@@ -1,4 +1,4 @@
-"""Webhook delivery the way Polar does it (polar-api.md §2.2–2.6).
+"""Webhook delivery the way Polar does it (docs/polar.md §3–§5).
 
 Each event's payload is serialized once and re-sent unchanged; `webhook-id` is stable across retries,
 `webhook-timestamp` is the attempt's. Non-2xx, redirects and timeouts are failures, retried up to
@@ -101,6 +101,8 @@ class Deliverer:
                 await self.deliver(e)
 
     async def deliver(self, event: WebhookEvent) -> bool:
+        if self.url is None:
+            return False
         for n in range(1, self.settings.webhook_max_attempts + 1):
             at = datetime.now(UTC).isoformat()
             try:

@@ -1,5 +1,5 @@
 """`POST /v1/events/ingest` validation, the way Polar's server does it (pydantic under FastAPI): all or nothing,
-errors as FastAPI's `detail` list whose `loc` names the event's index (polar-api.md §4.1)."""
+errors as FastAPI's `detail` list whose `loc` names the event's index (docs/polar.md §8)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime

@@ -1,5 +1,5 @@
 """Simulated customer lifecycles: each step changes the emulator's objects and emits the webhooks Polar emits for it,
-in Polar's documented order (polar-api.md §2.1), with payloads shaped like `payloads/`."""
+in Polar's documented order (docs/polar.md §2), with payloads shaped like `payloads/`."""
 from __future__ import annotations
 
 import copy

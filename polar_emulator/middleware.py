@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .state import Store
 
@@ -26,7 +26,7 @@ class PolarEdge:
             return await self.app(scope, receive, send)
         status_box: dict[str, int] = {}
 
-        async def send_logged(message: dict[str, Any]) -> None:
+        async def send_logged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_box["status"] = message["status"]
             await send(message)
@@ -69,9 +69,9 @@ class PolarEdge:
                 return await _json(send, 504, {"detail": "Gateway Timeout"})
             if fault.kind == "hold":
                 # Do the work, then hold the answer: the caller cannot know it succeeded (crash tests).
-                held: list[dict[str, Any]] = []
+                held: list[Message] = []
 
-                async def hold(message: dict[str, Any]) -> None:
+                async def hold(message: Message) -> None:
                     held.append(message)
 
                 await self.app(scope, receive, hold)
@@ -87,7 +87,7 @@ class PolarEdge:
                 raise ConnectionAbortedError("emulated dropped connection")
         headers_out: list[tuple[bytes, bytes]] = []
 
-        async def send_versioned(message: dict[str, Any]) -> None:
+        async def send_versioned(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"polar-version", (version or "2026-04").encode()),

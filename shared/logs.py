@@ -2,7 +2,7 @@
 
     log.info("webhook.published", extra={"webhook_id": wid, "type": t})
 
-Everything (our loggers, uvicorn, FastStream, asyncpg) goes through the root handler, so every line is JSON.
+Everything (our loggers, uvicorn, nats-py, asyncpg) goes through the root handler, so every line is JSON.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # uvicorn and FastStream install their own handlers; route them through ours instead.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream", "faststream.access", "faststream.access.nats"):
+    # uvicorn installs its own handlers; route them through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True

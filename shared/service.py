@@ -42,8 +42,6 @@ STARTUP_RETRY_SECONDS = 60.0  # how long to wait for NATS / PostgreSQL to come u
 # Time the messages and requests in hand get to finish at shutdown: inside make run's 10 s Ctrl-C budget and
 # docker's default 10 s.
 GRACEFUL_TIMEOUT = 8.0
-RPC_QUEUE = "billing"
-
 R = TypeVar("R", bound=Runtime[Any])
 
 
@@ -63,7 +61,7 @@ class Service(Generic[R]):
 
 async def connect_nats(name: str, nats_url: str, stopping: asyncio.Event) -> Client:
     """A connection that reconnects forever, and ends the process if it is ever closed for good: the supervisor
-    restarts a process, while a closed connection would leave it up and useless (docs/nats.md §8)."""
+    restarts a process, while a closed connection would leave it up and useless (docs/nats.md §10)."""
 
     async def closed() -> None:
         if not stopping.is_set():
@@ -130,6 +128,10 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
 
+async def run_loop(loop: Callable[[R], Awaitable[None]], rt: R) -> None:
+    await loop(rt)
+
+
 def service_app(service: Service[R]) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -146,9 +148,9 @@ def service_app(service: Service[R]) -> Starlette:
         consumers = [Running(c, rt) for c in service.consumers]
         for running in consumers:
             running.start()
-        rpc = RpcServer(nc, service.endpoints, rt, queue=RPC_QUEUE)
+        rpc = RpcServer(nc, service.endpoints, rt, queue=topology.RPC_QUEUE)
         await rpc.start()
-        loops = [asyncio.create_task(loop(rt), name=getattr(loop, "__name__", "loop")) for loop in service.loops]
+        loops = [asyncio.create_task(run_loop(loop, rt)) for loop in service.loops]
         log.info("service.started", extra={"pid": os.getpid()})
         try:
             yield
@@ -191,7 +193,7 @@ def serve(app: Starlette, host: str, port: int) -> None:
         port=port,
         log_config=None,  # our JSON handler on the root logger
         lifespan="on",
-        timeout_graceful_shutdown=GRACEFUL_TIMEOUT,
+        timeout_graceful_shutdown=int(GRACEFUL_TIMEOUT),
         access_log=False,
     )
     server = uvicorn.Server(config)

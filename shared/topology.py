@@ -1,7 +1,7 @@
 """Every JetStream stream, durable consumer and subject of the system, declared once and applied idempotently.
 
-Services call `ensure_topology()` at start-up and subscribe with `declare=False`: a FastStream `JStream` that declares
-would silently rewrite the stream's config with its own defaults (notes: faststream-nats.md §1.2).
+Services apply it at start-up and only bind to what it created: a consumer that declared its own stream (FastStream's
+`JStream` does by default) would silently rewrite the stream's config with its own defaults (docs/nats.md §2).
 """
 from __future__ import annotations
 
@@ -47,7 +47,14 @@ def dead_letter_subject(consumer: str, subject: str) -> str:
 
 
 # --- streams --------------------------------------------------------------------------------------------------
-POLAR_WEBHOOKS = StreamConfig(
+@dataclass
+class Stream(StreamConfig):
+    """A stream's config whose name is always set (nats-py's field is optional)."""
+
+    name: str = ""
+
+
+POLAR_WEBHOOKS = Stream(
     name="POLAR_WEBHOOKS",
     subjects=[f"{WEBHOOK_SUBJECT_PREFIX}.>"],
     storage=StorageType.FILE,
@@ -58,7 +65,7 @@ POLAR_WEBHOOKS = StreamConfig(
     # the webhook_log primary key.
     duplicate_window=DAY,
 )
-USAGE = StreamConfig(
+USAGE = Stream(
     name=USAGE_STREAM,
     subjects=[f"{USAGE_SUBJECT_PREFIX}.>"],
     storage=StorageType.FILE,
@@ -67,7 +74,7 @@ USAGE = StreamConfig(
     max_age=14 * DAY,
     duplicate_window=2 * 3600,  # a chat service's retries of one event; the ledger's primary key covers the rest
 )
-BILLING_EVENTS = StreamConfig(
+BILLING_EVENTS = Stream(
     name=BILLING_EVENTS_STREAM,
     subjects=[f"{BILLING_EVENT_PREFIX}.>"],
     storage=StorageType.FILE,
@@ -76,7 +83,7 @@ BILLING_EVENTS = StreamConfig(
     max_age=7 * DAY,
     duplicate_window=3600,
 )
-DEAD_LETTERS = StreamConfig(
+DEAD_LETTERS = Stream(
     name="DEAD_LETTERS",
     subjects=[f"{DEAD_LETTER_PREFIX}.>"],
     storage=StorageType.FILE,
@@ -85,7 +92,7 @@ DEAD_LETTERS = StreamConfig(
     max_age=30 * DAY,
     duplicate_window=3600,
 )
-STREAMS: tuple[StreamConfig, ...] = (POLAR_WEBHOOKS, USAGE, BILLING_EVENTS, DEAD_LETTERS)
+STREAMS: tuple[Stream, ...] = (POLAR_WEBHOOKS, USAGE, BILLING_EVENTS, DEAD_LETTERS)
 
 
 # --- durable consumers ----------------------------------------------------------------------------------------
@@ -110,7 +117,7 @@ BILLING_WEBHOOKS = Durable(
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=10,  # a webhook applies in milliseconds; a worker that died holding one is replaced within 10 s
         max_deliver=-1,  # the app decides when to dead-letter; an outage must never exhaust deliveries
-        max_ack_pending=1,  # one in flight: stream order holds, retries included (notes §5.2)
+        max_ack_pending=1,  # one in flight: stream order holds, retries included (docs/nats.md §5)
     ),
 )
 USAGE_SYNC = Durable(
@@ -123,7 +130,7 @@ USAGE_SYNC = Durable(
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=60,
         max_deliver=-1,
-        max_ack_pending=4000,  # >= 2 x the batch size, or batches never fill (notes §1.3)
+        max_ack_pending=4000,  # >= 2 x the batch size, or batches never fill (docs/nats.md §4)
     ),
 )
 DURABLES: tuple[Durable, ...] = (BILLING_WEBHOOKS, USAGE_SYNC)

@@ -1,5 +1,5 @@
 """The one way a service publishes to JetStream: with a `Nats-Msg-Id`, so a retry after a lost PubAck is stored once
-(docs/nats.md), and only to a named stream, so the answer is a PubAck and not a fire-and-forget core publish."""
+(docs/nats.md §7), and only to a named stream, so the answer is a PubAck and not a fire-and-forget core publish."""
 from __future__ import annotations
 
 from nats.js import JetStreamContext

@@ -5,7 +5,7 @@
 
 The request is parsed here, at the edge; a bad one is answered `invalid_request` naming its field. A handler raises
 `RpcError` for an answer the caller can act on; anything else is answered `internal` (and logged). Every request gets
-an answer: a raise that reached the broker would leave the caller waiting out its timeout (docs/nats.md §6).
+an answer: a raise that reached the broker would leave the caller waiting out its timeout (docs/nats.md §8).
 
 Served with nats-py subscriptions in a queue group, not FastStream subscribers: on this path FastStream's
 per-message stack cost more than the database read (docs/messaging.md, bench/check_latency.py).

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 from polar_billing_client.contracts import SubscriptionChanged
 from polar_billing_client.subjects import SUBSCRIPTION_CHANGED
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dev import failpoints
 from shared.plans import PlanCatalog
@@ -79,7 +79,7 @@ def _plan_status(row: asyncpg.Record | None) -> tuple[str, str | None]:
     return (row["plan"], row["status"]) if row else ("free", None)
 
 
-def _parse(model: type, data: dict[str, Any]) -> Any:
+def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

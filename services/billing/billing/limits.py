@@ -45,8 +45,8 @@ def evaluate(state: UserState, req: CheckRequest, catalog: PlanCatalog, now: dat
     sub = state.sub
     status = sub["status"] if sub else None
     entitled = sub is not None and bool(sub["entitled"])
-    plan = catalog.get(sub["plan"]) if entitled else catalog.get("free")
-    if entitled and sub["current_period_start"] and sub["current_period_end"]:
+    plan = catalog.get(sub["plan"]) if sub is not None and entitled else catalog.get("free")
+    if sub is not None and entitled and sub["current_period_start"] and sub["current_period_end"]:
         period = billing_period((_ts(sub["current_period_start"]), _ts(sub["current_period_end"])), now)
     else:
         period = month_of(now)

@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.plans import PLANS, PlanName
 
@@ -104,7 +104,8 @@ async def status_page(request: Request) -> Response:
 async def _redirect_to_billing_link(request: Request, make_link) -> Response:
     """A form POST from the status page: check its token, have billing make the link, send the browser there."""
     form = await request.form()
-    user_id = _user(request, form.get("token"))
+    token = form.get("token")
+    user_id = _user(request, token if isinstance(token, str) else None)
     if user_id is None:
         return _forbidden(request)
     try:
@@ -145,9 +146,8 @@ async def success(request: Request) -> Response:
         started = int(time.time())
     async with _rt(request).pool.acquire() as conn:
         row = await repo.checkout_outcome(conn, checkout_id)
-    confirmed = (row is not None and row["checkout_status"] == "succeeded"
-                 and row["subscription_status"] in ("active", "trialing"))
-    if confirmed:
+    if (row is not None and row["checkout_status"] == "succeeded"
+            and row["subscription_status"] in ("active", "trialing")):
         plan = PLANS[PlanName(row["plan"])].title if row["plan"] else "your plan"
         return _page(request, "success.html", state="confirmed", plan=plan)
     if time.time() - started > CONFIRM_PATIENCE:
@@ -174,7 +174,7 @@ class SecurityHeaders:
         if scope["type"] != "http" or not scope["path"].startswith(("/subscription", "/static")):
             return await self.app(scope, receive, send)
 
-        async def with_headers(message: dict) -> None:
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers["content-security-policy"] = self.csp

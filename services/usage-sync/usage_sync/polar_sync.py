@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from polar.v2026_10 import PolarAsync
@@ -135,7 +135,8 @@ class PolarSync:
             async with conn.transaction():
                 rows = await repo.take_pending(conn, self.batch_size)
                 now = datetime.now(UTC)
-                batch, size = [], 2
+                batch: list[dict[str, Any]] = []
+                size = 2
                 for row in rows:
                     event = to_polar(row, self.event_name, now)
                     size += len(json.dumps(event)) + 1
@@ -152,7 +153,9 @@ class PolarSync:
             await asyncio.sleep(wait)
         self._last_request = time.monotonic()
         try:
-            result = await polar.call("events.ingest", lambda: self.polar.events.ingest(events=batch))
+            # Plain dicts in Polar's wire shape (the SDK takes them as its TypedDicts).
+            events = cast(Any, batch)
+            result = await polar.call("events.ingest", lambda: self.polar.events.ingest(events=events))
         except polar.PolarRateLimited as exc:
             BATCHES.labels("rate_limited").inc()
             raise Backoff(float(exc.retry_after or 1), "rate_limited") from exc

@@ -81,3 +81,23 @@ def test_a_paid_period_rolls_forward_by_its_own_length(at: datetime, period: tup
 )
 def test_no_usable_subscription_period_means_the_calendar_month(subscription: tuple | None) -> None:
     assert billing_period(subscription, utc(2026, 3, 20, 8)) == (utc(2026, 3, 1), utc(2026, 4, 1))
+
+
+def test_the_ledgers_per_batch_periods_equal_the_direct_computation_for_every_event() -> None:
+    """usage_sync.ledger.Periods caches by UTC hour; it must never differ from billing_period / day_of."""
+    import random
+
+    from usage_sync.ledger import Periods
+
+    rng = random.Random(7)
+    base = datetime(2026, 1, 31, 23, 0, tzinfo=timezone.utc)
+    sub_start = base - timedelta(days=20, minutes=17)
+    paid = {"paid": ("pro", (sub_start, sub_start + timedelta(days=30))), "odd": ("pro", (base, base))}
+    periods = Periods(paid)
+    for _ in range(5000):
+        at = base + timedelta(seconds=rng.uniform(-40 * 86400, 80 * 86400))
+        at = at.astimezone(timezone(timedelta(hours=rng.choice([-7, 0, 5.5]))))
+        for user in ("free", "paid", "odd"):
+            sub = paid[user][1] if user in paid else None
+            assert periods.billing(user, at) == billing_period(sub, at)
+        assert periods.day(at) == day_of(at)

@@ -20,6 +20,7 @@ RECEIVED = Counter("usage_events_received_total", "Usage messages received")
 INSERTED = Counter("usage_events_inserted_total", "Usage events newly recorded in the ledger")
 DUPLICATES = Counter("usage_events_duplicates_total", "Usage events already in the ledger (redelivery, retry)")
 DEAD = Counter("usage_events_dead_lettered_total", "Usage messages refused, by reason", ["reason"])
+MAX_REMEMBERED_THRESHOLDS = 100_000
 BATCH = Histogram("usage_batch_size", "Events per recorded batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 
 
@@ -48,7 +49,10 @@ async def count_dead(msg: Msg, reason: str, rt: UsageSyncRuntime) -> None:
 async def on_usage_batch(events: list[UsageEvent], rt: UsageSyncRuntime) -> None:
     """Record the batch in one transaction; the consumer acks the messages once it returns."""
     async with rt.pool.acquire() as conn:
-        result = await ledger.record(conn, events)
+        result = await ledger.record(conn, events, rt.stored_thresholds)
+    if len(rt.stored_thresholds) > MAX_REMEMBERED_THRESHOLDS:
+        rt.stored_thresholds.clear()
+    rt.stored_thresholds.update(result.thresholds)
     RECEIVED.inc(len(events))
     BATCH.observe(len(events))
     INSERTED.inc(result.inserted)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 from polar_billing_client.contracts import UsageEvent
 
-from shared.periods import billing_period, day_of
+from shared.periods import Period, billing_period, day_of
 from shared.plans import PLANS, LimitName, PlanName
 
 from . import repository as repo
@@ -25,6 +25,7 @@ class Recorded:
     inserted: int = 0
     duplicates: int = 0
     settled: int = 0
+    thresholds: list[tuple] = field(default_factory=list)  # crossings now stored (committed once record returns)
 
 
 THRESHOLDS = (80, 100)
@@ -43,8 +44,43 @@ def crossings(counters: list[asyncpg.Record], plans: dict[str, str]) -> list[tup
     return out
 
 
-async def record(conn: asyncpg.Connection, events: list[UsageEvent]) -> Recorded:
-    """Ledger rows, counters, threads and reservations of one batch, in one transaction."""
+class Periods:
+    """The counter periods of one batch's events. Most events of a batch share a day and a period: each is computed
+    once per (user's period, UTC hour) rather than once per event."""
+
+    def __init__(self, paid: dict[str, tuple[str, Period | None]]) -> None:
+        self.paid = paid
+        self._billing: dict[tuple[Period | None, datetime], Period] = {}
+        self._days: dict[datetime, Period] = {}
+
+    @staticmethod
+    def _hour(at: datetime) -> datetime:
+        return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+    def billing(self, user_id: str, at: datetime) -> Period:
+        sub = self.paid[user_id][1] if user_id in self.paid else None
+        hour = self._hour(at)
+        if sub is not None and sub[0] > hour:  # a period may start mid-hour: decide this event exactly
+            return billing_period(sub, at)
+        key = (sub, hour)
+        if key not in self._billing:
+            self._billing[key] = billing_period(sub, hour)
+        found = self._billing[key]
+        return found if found[1] > at else billing_period(sub, at)
+
+    def day(self, at: datetime) -> Period:
+        hour = self._hour(at)
+        if hour not in self._days:
+            self._days[hour] = day_of(hour)
+        return self._days[hour]
+
+
+async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thresholds: set[tuple] | None = None
+                 ) -> Recorded:
+    """Ledger rows, counters, threads and reservations of one batch, in one transaction.
+
+    `stored_thresholds`: crossings this process already saw committed (user, limit, period start, percent); they are
+    not sent again. The table's primary key keeps each crossing once either way: this only saves the statement."""
     unique: dict[str, UsageEvent] = {}
     for e in events:
         unique.setdefault(e.event_id, e)  # a repeat inside the batch is a duplicate like any other
@@ -59,13 +95,14 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent]) -> Recorded
         threads: list[tuple[str, datetime, str]] = []
         period_end: dict[tuple[str, datetime], datetime] = {}
         reservations = []
+        periods = Periods(paid)
         for e in unique.values():
             if e.event_id not in inserted:
                 continue
-            start, end = billing_period(paid[e.user_id][1] if e.user_id in paid else None, e.occurred_at)
+            start, end = periods.billing(e.user_id, e.occurred_at)
             if e.billable_tokens:
                 deltas[(e.user_id, LimitName.TOKENS_PER_MONTH.value, start, end)] += e.billable_tokens
-            d_start, d_end = day_of(e.occurred_at)
+            d_start, d_end = periods.day(e.occurred_at)
             deltas[(e.user_id, LimitName.MESSAGES_PER_DAY.value, d_start, d_end)] += 1
             threads.append((e.user_id, start, e.thread_id))
             period_end[(e.user_id, start)] = end
@@ -74,6 +111,9 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent]) -> Recorded
         for user_id, start in await repo.add_threads(conn, threads):
             deltas[(user_id, LimitName.THREADS_PER_MONTH.value, start, period_end[(user_id, start)])] += 1
         counters = await repo.add_to_counters(conn, deltas)
-        await repo.add_thresholds(conn, crossings(counters, {u: plan for u, (plan, _) in paid.items()}))
+        crossed = [c for c in crossings(counters, {u: plan for u, (plan, _) in paid.items()})
+                   if stored_thresholds is None or c[:4] not in stored_thresholds]
+        await repo.add_thresholds(conn, crossed)
         settled = await repo.settle_reservations(conn, reservations)
-    return Recorded(inserted=len(inserted), duplicates=len(events) - len(inserted), settled=settled)
+    return Recorded(inserted=len(inserted), duplicates=len(events) - len(inserted), settled=settled,
+                    thresholds=[c[:4] for c in crossed])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from polar.v2026_10 import PolarAsync
 
@@ -17,6 +17,9 @@ POLAR_TIMEOUT = 10.0  # an ingest batch of up to 1 MB
 @dataclass(kw_only=True)
 class UsageSyncRuntime(Runtime[UsageSyncSettings]):
     polar: PolarAsync | None  # None: POLAR_ACCESS_TOKEN unset; usage is recorded and kept unsynced
+    # Threshold crossings this process saw committed, so a user past 80 % is not re-sent with every batch
+    # (the table's key is what keeps each once; this set only saves work, and is emptied when it grows).
+    stored_thresholds: set[tuple] = field(default_factory=set)
 
 
 def build(settings: UsageSyncSettings) -> Callable[[Connections], Awaitable[UsageSyncRuntime]]:

@@ -15,7 +15,7 @@ async def main() -> None:
     nc = await nats.connect(os.environ["NATS_URL"])
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=4, max_size=8)
 
-    async def on_check(msg) -> None:  # noqa: ANN001
+    async def on_check(msg) -> None:
         user_id = json.loads(msg.data)["user_id"]
         used = await pool.fetchval("SELECT used FROM usage_counters WHERE user_id = $1 AND limit_name = "
                                    "'tokens_per_month' ORDER BY period_start DESC LIMIT 1", user_id)

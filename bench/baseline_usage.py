@@ -27,7 +27,7 @@ async def main() -> None:
     while not stop.is_set():
         try:
             msgs = await sub.fetch(1000, timeout=1)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         events = [json.loads(m.data) for m in msgs]
         counters: dict[tuple, int] = defaultdict(int)

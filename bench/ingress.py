@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from shared import topology
-from dev.stack import PYTHONPATH
 from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from dev.stack import PYTHONPATH
+from shared import topology
 from tests.support.webhooks import body_of, example, sign
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -25,10 +25,10 @@ import httpx
 import nats
 import psutil
 
+from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from dev.stack import PYTHONPATH
 from shared import topology
 from shared.db.migrate import migrate
-from dev.stack import PYTHONPATH
-from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("BENCH_USAGE_EVENTS", "200000"))
@@ -45,7 +45,7 @@ async def publish_all(nats_url: str, n: int, rate: float | None = None) -> float
             ahead = t0 + i / rate - time.perf_counter()
             if ahead > 0:
                 await asyncio.sleep(ahead)
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         user = f"usr_{i % USERS}"
         body = json.dumps({"event_id": f"bench-{i}", "user_id": user, "thread_id": f"th-{i % 3000}",
                            "model": "gpt-4o", "input_tokens": 700 + i % 300, "output_tokens": 90 + i % 50,

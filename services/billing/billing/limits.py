@@ -2,6 +2,7 @@
 reservations still open. Pure: the caller reads the state (one query) and passes the time."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,16 +16,22 @@ from shared.plans import LimitName, Plan, PlanCatalog
 SUSPENDED = {"incomplete", "unpaid", "paused"}
 
 
+SUB_COLUMNS = ("id", "plan", "status", "entitled", "current_period_start", "current_period_end",
+               "cancel_at_period_end")
+
+
 @dataclass
 class UserState:
     sub: dict[str, Any] | None  # the user's `user_plan` row (whether it entitles them: `entitled`), None if none
-    counters: list[list[Any]]  # [limit_name, period_start, used]
-    reservations: list[list[Any]]  # [period_start, estimated_tokens, new_thread, thread_id]
-    thread_periods: list[Any]
+    counters: Sequence[Sequence[Any]]  # (limit_name, period_start, used)
+    reservations: Sequence[Sequence[Any]]  # (period_start, estimated_tokens, new_thread, thread_id)
+    thread_periods: Sequence[Any]
 
     @classmethod
     def from_row(cls, row: Any) -> UserState:
-        return cls(row["sub"], row["counters"], row["reservations"], row["thread_periods"])
+        """From repository.user_state's row."""
+        sub = {c: row[c] for c in SUB_COLUMNS} if row["id"] is not None else None
+        return cls(sub, row["counters"], row["reservations"], row["thread_periods"])
 
 
 def _ts(value: Any) -> datetime:

@@ -291,22 +291,19 @@ async def mark_published(conn: asyncpg.Connection, ids: list[int]) -> None:
 
 # --- limits: the user's whole state in one round trip ------------------------------------------------------------
 async def user_state(conn: asyncpg.Connection, user_id: str, now: datetime, thread_id: str | None) -> asyncpg.Record:
-    """The plan-setting subscription (entitling or not: status shows a canceled one), the current counters, the open reservations, and the periods in which
-    `thread_id` was already seen: one statement."""
+    """One statement: the plan-setting subscription (entitling or not: status shows a canceled one; its columns are
+    NULL when the user has none), the current counters, the open reservations, and the periods in which `thread_id`
+    was already seen (arrays of rows, decoded by asyncpg without a JSON round trip)."""
     return await conn.fetchrow(
-        """WITH sub AS (
-                SELECT id, plan, status, entitled, current_period_start, current_period_end, cancel_at_period_end
-                FROM user_plan WHERE user_id = $1)
-            SELECT
-              (SELECT to_jsonb(sub) FROM sub) AS sub,
-              (SELECT coalesce(jsonb_agg(jsonb_build_array(limit_name, period_start, used)), '[]'::jsonb)
-                 FROM usage_counters WHERE user_id = $1 AND period_end > $2) AS counters,
-              (SELECT coalesce(jsonb_agg(jsonb_build_array(period_start, estimated_tokens, new_thread, thread_id)),
-                               '[]'::jsonb)
-                 FROM usage_reservations WHERE user_id = $1 AND settled_at IS NULL AND released_at IS NULL
-                  AND expires_at > $2) AS reservations,
-              (SELECT coalesce(jsonb_agg(period_start), '[]'::jsonb)
-                 FROM usage_threads WHERE user_id = $1 AND thread_id = $3) AS thread_periods""",
+        """SELECT s.id, s.plan, s.status, s.entitled, s.current_period_start, s.current_period_end,
+                  s.cancel_at_period_end,
+                  ARRAY(SELECT ROW(limit_name, period_start, used) FROM usage_counters
+                        WHERE user_id = $1 AND period_end > $2) AS counters,
+                  ARRAY(SELECT ROW(period_start, estimated_tokens, new_thread, thread_id) FROM usage_reservations
+                        WHERE user_id = $1 AND settled_at IS NULL AND released_at IS NULL AND expires_at > $2
+                       ) AS reservations,
+                  ARRAY(SELECT period_start FROM usage_threads WHERE user_id = $1 AND thread_id = $3) AS thread_periods
+           FROM (SELECT 1) AS one LEFT JOIN user_plan s ON s.user_id = $1""",
         user_id, now, thread_id or "",
     )
 

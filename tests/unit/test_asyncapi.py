@@ -18,7 +18,7 @@ from dev import asyncapi
 
 VERBS = ("check", "reserve", "release", "status", "checkout", "portal")
 WIRE_MODELS = [m for m in vars(contracts).values() if isinstance(m, type) and issubclass(m, BaseModel)
-               and m.__module__ == contracts.__name__ and m is not contracts.Contract]
+               and m.__module__ == contracts.__name__ and m not in (contracts.Contract, contracts.Answer)]
 EVENT = {"event_id": "evt_1", "user_id": "user_1", "thread_id": "thr_1", "model": "gpt-4o", "input_tokens": 120,
          "output_tokens": 30, "occurred_at": "2026-05-01T12:00:00+00:00"}
 

@@ -6,22 +6,35 @@
     await client.track_usage(user_id="usr_1", thread_id="t1", model="gpt-4o", input_tokens=812, output_tokens=96,
                              event_id=response_id)   # the same event_id on every retry of this response
 
-When billing does not answer, each call follows its policy: `raise` (default: BillingUnavailable), `allow` or
-`deny` (for check / reserve only); every degraded decision is logged and counted.
+When billing does not answer, check and reserve follow the client's (or the call's) `Unavailable` policy: raise
+BillingUnavailable (the default), allow, deny, or reuse the user's last answer while it is fresh enough; every degraded
+decision says so in `decision.degraded`, and is logged and counted.
+
+    client = await BillingClient.connect(url, on_unavailable=Unavailable(
+        "deny", last_known_max_age=300, by_reason={"messages_per_day": "allow"}))
+
+The chat service follows plan changes and usage thresholds through its own durable consumer:
+
+    async for event in client.events(durable="chat-app"):   # SubscriptionChanged | UsageThreshold
+        ...                                                  # acked when the loop body returns
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import nats
 import nats.errors
 from nats.aio.client import Client
-from nats.js.api import PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
 from . import links
@@ -29,6 +42,7 @@ from .contracts import (
     CheckoutRequest,
     CheckReply,
     CheckRequest,
+    Degraded,
     ErrorBody,
     LimitState,
     LinkReply,
@@ -39,9 +53,19 @@ from .contracts import (
     ReserveRequest,
     StatusReply,
     StatusRequest,
+    SubscriptionChanged,
     UsageEvent,
+    UsageThreshold,
 )
-from .subjects import USAGE_STREAM, rpc_subject, usage_subject
+from .subjects import (
+    BILLING_EVENT_PREFIX,
+    BILLING_EVENTS_STREAM,
+    SUBSCRIPTION_CHANGED,
+    USAGE_STREAM,
+    USAGE_THRESHOLD,
+    rpc_subject,
+    usage_subject,
+)
 
 log = logging.getLogger(__name__)
 try:  # metrics are optional: `pip install polar-billing-client[metrics]`
@@ -51,8 +75,32 @@ try:  # metrics are optional: `pip install polar-billing-client[metrics]`
                                        ["verb", "policy"])
 except ImportError:  # pragma: no cover - exercised where prometheus_client is absent
     DEGRADED = None
-Policy = Literal["raise", "allow", "deny"]
+Fallback = Literal["raise", "allow", "deny"]
 R = TypeVar("R", bound=BaseModel)
+LAST_KNOWN_USERS = 10_000  # answers kept for `last_known` (least recently used go first)
+BillingEvent = SubscriptionChanged | UsageThreshold
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """What check and reserve decide when billing does not answer in time.
+
+    - `fallback`: "raise" (BillingUnavailable), "allow" or "deny".
+    - `last_known_max_age` (seconds): first reuse the user's last answer from billing if it is at most this old.
+    - `by_reason`: for a reused answer that refused, per limit: "allow" to fail open (say `messages_per_day`),
+      "deny" to keep the refusal (say `tokens_per_month`, the default for every reason).
+    """
+
+    fallback: Fallback = "raise"
+    last_known_max_age: float | None = None
+    by_reason: Mapping[str, Literal["allow", "deny"]] = field(default_factory=dict)
+
+
+Policy = Fallback | Unavailable
+
+
+def _policy(p: Policy) -> Unavailable:
+    return p if isinstance(p, Unavailable) else Unavailable(p)
 
 
 class BillingError(Exception):
@@ -74,10 +122,6 @@ class LimitExceeded(Exception):
         super().__init__(f"{decision.reason} (resets at {decision.resets_at})")
         self.limit, self.resets_at, self.decision = decision.reason, decision.resets_at, decision
 
-# A user id becomes a subject token: no whitespace, wildcards or dots.
-_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-:@+=]+$")
-
-
 def new_event_id() -> str:
     """One per AI response; keep it and pass it again when retrying the publish."""
     return f"ev_{uuid.uuid4().hex}"
@@ -93,11 +137,15 @@ class BillingClient:
         self.js = nc.jetstream(timeout=publish_timeout)
         self.publish_timeout = publish_timeout
         self.timeout = timeout
-        self.on_unavailable = on_unavailable
+        self.on_unavailable = _policy(on_unavailable)
+        self._last_known: OrderedDict[str, tuple[float, CheckReply]] = OrderedDict()
 
     @classmethod
     async def connect(cls, servers: str | list[str], **options) -> BillingClient:
-        """options: the client's own (timeout, on_unavailable, public_base_url, status_page_secret, publish_timeout)."""
+        """`servers`: one URL, several comma-separated, or a list. options: the client's own (timeout,
+        on_unavailable, public_base_url, status_page_secret, publish_timeout)."""
+        if isinstance(servers, str):
+            servers = [u.strip() for u in servers.split(",") if u.strip()]
         nc = await nats.connect(servers, name="billing-client", max_reconnect_attempts=-1)
         return cls(nc, **options)
 
@@ -116,8 +164,6 @@ class BillingClient:
         """Publish one usage event and wait until JetStream stored it. Raises on a bad event (ValueError /
         pydantic.ValidationError) or when the broker did not confirm (nats.errors.TimeoutError: retry with the
         same event_id; a duplicate is recognised and stored once)."""
-        if not _SUBJECT_TOKEN.match(user_id):
-            raise ValueError("user_id may only hold letters, digits and _-:@+=")
         event = UsageEvent(
             event_id=event_id or new_event_id(), user_id=user_id, thread_id=thread_id, model=model,
             input_tokens=input_tokens, output_tokens=output_tokens, cached_input_tokens=cached_input_tokens,
@@ -137,15 +183,39 @@ class BillingClient:
             raise BillingError(ErrorBody.model_validate(json.loads(msg.data)["error"]))
         return reply_type.model_validate_json(msg.data)
 
-    def _degraded(self, verb: str, policy: Policy, user_id: str, exc: BillingUnavailable) -> CheckReply:
+    def _remember(self, user_id: str, reply: CheckReply) -> None:
+        if self.on_unavailable.last_known_max_age is None and not self._last_known:
+            return  # nobody reuses answers: keep nothing
+        decision = CheckReply(**{k: getattr(reply, k) for k in CheckReply.model_fields})  # a reserve's, too
+        self._last_known[user_id] = (time.monotonic(), decision)
+        self._last_known.move_to_end(user_id)
+        while len(self._last_known) > LAST_KNOWN_USERS:
+            self._last_known.popitem(last=False)
+
+    def _without_billing(self, verb: str, user_id: str, policy: Unavailable, exc: BillingUnavailable) -> CheckReply:
+        """The decision when billing did not answer: the last answer if fresh enough, else the fallback."""
+        known = self._last_known.get(user_id)
+        age = time.monotonic() - known[0] if known else None
+        if known and policy.last_known_max_age is not None and age is not None and age <= policy.last_known_max_age:
+            reply = known[1].model_copy(update={"degraded": Degraded(policy="last_known", age_seconds=round(age, 3))})
+            if not reply.allowed and reply.reason and policy.by_reason.get(reply.reason) == "allow":
+                reply = reply.model_copy(update={"allowed": True, "reason": None, "resets_at": None})
+            label = "last_known"
+        elif policy.fallback == "raise":
+            raise exc
+        else:
+            empty = LimitState(used=0, limit=None, resets_at=None)
+            allow = policy.fallback == "allow"
+            reply = CheckReply(allowed=allow, plan="unknown", reason=None if allow else "unavailable", resets_at=None,
+                               limits={"tokens_per_month": empty, "threads_per_month": empty,
+                                       "messages_per_day": empty}, overage=False,
+                               degraded=Degraded(policy=policy.fallback))
+            label = policy.fallback
         if DEGRADED is not None:
-            DEGRADED.labels(verb, policy).inc()
-        log.warning("billing.degraded_decision", extra={"verb": verb, "policy": policy, "user_id": user_id,
-                                                         "error": str(exc)})
-        empty = LimitState(used=0, limit=None, resets_at=None)
-        return CheckReply(allowed=policy == "allow", plan="unknown", reason=None if policy == "allow" else "unavailable",
-                          resets_at=None, limits={"tokens_per_month": empty, "threads_per_month": empty,
-                                                  "messages_per_day": empty}, overage=False)
+            DEGRADED.labels(verb, label).inc()
+        log.warning("billing.degraded_decision", extra={"verb": verb, "policy": label, "user_id": user_id,
+                                                         "allowed": reply.allowed, "error": str(exc)})
+        return reply
 
     async def check(self, user_id: str, *, model: str | None = None, thread_id: str | None = None,
                     custom_key: bool = False, estimated_tokens: int | None = None, timeout: float | None = None,
@@ -153,12 +223,12 @@ class BillingClient:
         req = CheckRequest(user_id=user_id, model=model, thread_id=thread_id, custom_key=custom_key,
                            estimated_tokens=estimated_tokens)
         try:
-            return await self._request("check", req, CheckReply, timeout)
+            reply = await self._request("check", req, CheckReply, timeout)
         except BillingUnavailable as exc:
-            policy = on_unavailable or self.on_unavailable
-            if policy == "raise":
-                raise
-            return self._degraded("check", policy, user_id, exc)
+            policy = _policy(on_unavailable) if on_unavailable else self.on_unavailable
+            return self._without_billing("check", user_id, policy, exc)
+        self._remember(user_id, reply)
+        return reply
 
     async def require(self, user_id: str, **kwargs) -> CheckReply:
         """`check`, raising LimitExceeded when the answer is no."""
@@ -173,12 +243,13 @@ class BillingClient:
         req = ReserveRequest(user_id=user_id, model=model, thread_id=thread_id, custom_key=custom_key,
                              estimated_tokens=estimated_tokens, ttl_seconds=ttl_seconds)
         try:
-            return await self._request("reserve", req, ReserveReply, timeout)
+            reply = await self._request("reserve", req, ReserveReply, timeout)
         except BillingUnavailable as exc:
-            policy = on_unavailable or self.on_unavailable
-            if policy == "raise":
-                raise
-            return ReserveReply(**self._degraded("reserve", policy, user_id, exc).model_dump(), reservation_id=None)
+            policy = _policy(on_unavailable) if on_unavailable else self.on_unavailable
+            decision = self._without_billing("reserve", user_id, policy, exc)
+            return ReserveReply(**{k: getattr(decision, k) for k in CheckReply.model_fields}, reservation_id=None)
+        self._remember(user_id, reply)
+        return reply
 
     async def release(self, reservation_id: str, *, timeout: float | None = None) -> bool:
         return (await self._request("release", ReleaseRequest(reservation_id=reservation_id), ReleaseReply,
@@ -206,3 +277,42 @@ class BillingClient:
             headers={"Nats-Msg-Id": event.event_id, "content-type": "application/json"},
             timeout=self.publish_timeout,
         )
+
+    # --- billing's events ------------------------------------------------------------------------------------------
+    async def events(self, durable: str, *, batch: int = 50, from_start: bool = False
+                     ) -> AsyncIterator[BillingEvent]:
+        """Plan changes and usage thresholds, typed, through the chat service's own durable consumer on
+        BILLING_EVENTS (created on first use; several processes with one `durable` share the events). Each event is
+        acked when the loop body that received it returns; if the body raises, the event comes back after 30 s.
+        A new durable starts with the events published from now on (`from_start=True`: the stream's 7 days)."""
+        try:
+            await self.js.consumer_info(BILLING_EVENTS_STREAM, durable)
+        except NotFoundError:
+            await self.js.add_consumer(BILLING_EVENTS_STREAM, ConsumerConfig(
+                name=durable, durable_name=durable, filter_subject=f"{BILLING_EVENT_PREFIX}.>",
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1,
+                deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW))
+        sub = await self.js.pull_subscribe_bind(durable, BILLING_EVENTS_STREAM)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=5)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for m in msgs:
+                    event: BillingEvent | None = None
+                    try:
+                        if m.subject == SUBSCRIPTION_CHANGED:
+                            event = SubscriptionChanged.model_validate_json(m.data)
+                        elif m.subject == USAGE_THRESHOLD:
+                            event = UsageThreshold.model_validate_json(m.data)
+                    except ValueError:
+                        log.warning("billing.event_unreadable", extra={"subject": m.subject})
+                    if event is not None:
+                        yield event
+                    await m.ack()  # also a kind this client does not know: a newer billing's, skipped
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass

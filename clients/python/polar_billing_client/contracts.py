@@ -7,10 +7,18 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class Contract(BaseModel):
+    """A request: billing refuses a field it does not know, so a typo is an error and not a silent default."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class SubscriptionChanged(Contract):
+class Answer(BaseModel):
+    """A reply or an event: read tolerantly, so a newer billing may add a field without breaking older clients."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class SubscriptionChanged(Answer):
     """`billing.event.subscription.changed`: a user's effective plan or subscription status changed."""
 
     user_id: str
@@ -86,37 +94,46 @@ class PortalRequest(Contract):
     return_url: str | None = Field(None, max_length=2000)
 
 
-class LimitState(Contract):
+class LimitState(Answer):
     used: int
     limit: int | None  # None = unlimited
     resets_at: datetime | None
 
 
-class CheckReply(Contract):
+class Degraded(Answer):
+    """Set by the client, never by billing: the decision was made without billing's answer."""
+
+    policy: str  # allow | deny (the fallback) | last_known (the user's last answer, reused)
+    age_seconds: float | None = None  # last_known: how old the reused answer is
+
+
+class CheckReply(Answer):
     allowed: bool
     plan: str
     reason: str | None  # tokens_per_month | threads_per_month | messages_per_day | model_not_in_plan |
-    #                     custom_key_not_in_plan | subscription_inactive
+    #                     custom_key_not_in_plan | subscription_inactive | unavailable (degraded deny)
     resets_at: datetime | None
     limits: dict[str, LimitState]
     overage: bool
+    # Only the client sets it, on a decision made without billing; never on the wire.
+    degraded: Degraded | None = Field(default=None, exclude=True)
 
 
 class ReserveReply(CheckReply):
     reservation_id: str | None = None
 
 
-class ReleaseReply(Contract):
+class ReleaseReply(Answer):
     released: bool
 
 
-class Credits(Contract):
+class Credits(Answer):
     granted: int
     used: int
     balance: int
 
 
-class StatusReply(Contract):
+class StatusReply(Answer):
     plan: str
     status: str | None
     current_period_start: datetime | None
@@ -127,13 +144,13 @@ class StatusReply(Contract):
     customer_id: str | None
 
 
-class LinkReply(Contract):
+class LinkReply(Answer):
     url: str
     expires_at: datetime
     checkout_id: str | None = None
 
 
-class ErrorBody(Contract):
+class ErrorBody(Answer):
     code: str  # invalid_request | unknown_plan | plan_not_available | no_customer | polar_not_configured |
     #            polar_unavailable | polar_rate_limited | polar_rejected | not_found | internal
     message: str
@@ -141,11 +158,11 @@ class ErrorBody(Contract):
     retry_after: int | None = None
 
 
-class ErrorReply(Contract):
+class ErrorReply(Answer):
     error: ErrorBody
 
 
-class UsageThreshold(Contract):
+class UsageThreshold(Answer):
     """`billing.event.usage.threshold`: usage crossed 80 % or 100 % of a limit in a period (once each)."""
 
     user_id: str

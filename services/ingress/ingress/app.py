@@ -6,7 +6,7 @@ from starlette.routing import Route
 
 from shared.service import Service, service_app
 
-from . import pages, runtime
+from . import chat_api, pages, runtime
 from .settings import IngressSettings
 from .webhook_endpoint import receive
 
@@ -18,7 +18,7 @@ def build_app(settings: IngressSettings) -> Starlette:
         name=SERVICE,
         settings=settings,
         build=runtime.build(settings),
-        routes=[Route("/webhooks/polar", receive, methods=["POST"]), *pages.ROUTES],
+        routes=[Route("/webhooks/polar", receive, methods=["POST"]), *chat_api.ROUTES, *pages.ROUTES],
     ))
     app.add_middleware(pages.SecurityHeaders, frame_ancestors=settings.pages_frame_ancestors)
     return app

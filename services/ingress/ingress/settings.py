@@ -1,4 +1,4 @@
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from shared.settings import ServiceSettings
 
@@ -13,3 +13,19 @@ class IngressSettings(ServiceSettings):
     pages_frame_ancestors: str = "'none'"
     # Where "back" links on the pages go.
     pages_app_url: str = "/"
+    # Bearer keys of the chat API over HTTPS (/v1/*), comma-separated so a new key can be added before the old one
+    # is removed. Unset: /v1/* answers 503.
+    chat_api_keys: SecretStr | None = None
+
+    @field_validator("chat_api_keys", mode="before")
+    @classmethod
+    def _keys(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        if isinstance(v, str) and any(len(k.strip()) < 16 for k in v.split(",")):
+            raise ValueError("each key must be at least 16 characters")
+        return v
+
+    def api_keys(self) -> list[bytes]:
+        keys = self.chat_api_keys.get_secret_value().split(",") if self.chat_api_keys else []
+        return [k.strip().encode() for k in keys if k.strip()]

@@ -2,6 +2,6 @@
 
     from polar_billing_client import BillingClient, new_event_id, LimitExceeded
 """
-from .client import BillingClient, BillingError, BillingUnavailable, LimitExceeded, new_event_id
+from .client import BillingClient, BillingError, BillingUnavailable, LimitExceeded, Unavailable, new_event_id
 
-__all__ = ["BillingClient", "BillingError", "BillingUnavailable", "LimitExceeded", "new_event_id"]
+__all__ = ["BillingClient", "BillingError", "BillingUnavailable", "LimitExceeded", "Unavailable", "new_event_id"]

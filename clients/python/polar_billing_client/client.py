@@ -184,8 +184,6 @@ class BillingClient:
         return reply_type.model_validate_json(msg.data)
 
     def _remember(self, user_id: str, reply: CheckReply) -> None:
-        if self.on_unavailable.last_known_max_age is None and not self._last_known:
-            return  # nobody reuses answers: keep nothing
         decision = CheckReply(**{k: getattr(reply, k) for k in CheckReply.model_fields})  # a reserve's, too
         self._last_known[user_id] = (time.monotonic(), decision)
         self._last_known.move_to_end(user_id)

@@ -64,8 +64,8 @@ export class HttpTransport implements Transport {
     return this.call("POST", `/v1/${verb}`, body, timeoutMs);
   }
 
-  async publishUsage(event: wire.UsageEvent): Promise<{ duplicate: boolean }> {
-    const stored = await this.call("POST", "/v1/usage", event, 10_000) as { duplicates: number };
+  async publishUsage(event: wire.UsageEvent, timeoutMs: number): Promise<{ duplicate: boolean }> {
+    const stored = await this.call("POST", "/v1/usage", event, timeoutMs) as { duplicates: number };
     return { duplicate: stored.duplicates > 0 };
   }
 

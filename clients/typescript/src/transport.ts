@@ -8,7 +8,7 @@ export type Verb = "check" | "reserve" | "release" | "status" | "checkout" | "po
 export interface Transport {
   request(verb: Verb, body: object, timeoutMs: number): Promise<unknown>;
   /** Resolves once the usage event is stored (JetStream's PubAck, or ingress's 200). */
-  publishUsage(event: wire.UsageEvent): Promise<{ duplicate: boolean }>;
+  publishUsage(event: wire.UsageEvent, timeoutMs: number): Promise<{ duplicate: boolean }>;
   /** Billing's events through a durable consumer (NATS only); each acked when the consumer asks for the next. */
   events?(durable: string, fromStart: boolean): AsyncIterable<BillingEvent>;
   close(): Promise<void>;

@@ -1,5 +1,6 @@
 """`check` through the shipped client at 1, 8 and 32 concurrent callers, beside the raw baseline (a bare nats-py
-responder doing one asyncpg point read) in the same run: requests/s, p50, p99."""
+responder doing one asyncpg point read) in the same run, and the same check over HTTP through ingress's /v1/check
+(aiohttp, a kept-alive connection per caller): requests/s, p50, p99."""
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +14,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import nats
 from polar_billing_client.client import BillingClient
+from polar_billing_client.contracts import CheckReply
 
 from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from dev.stack import PYTHONPATH
@@ -24,6 +27,7 @@ from shared.periods import day_of, month_of
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = float(os.environ.get("BENCH_CHECK_SECONDS", "5"))
+API_KEY = "bench-api-key-0123456789abcdef"
 ROUNDS = int(os.environ.get("BENCH_CHECK_ROUNDS", "3"))
 USERS = 1000
 
@@ -60,9 +64,10 @@ async def drive(call, concurrency: int) -> dict:
             "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3)}
 
 
-async def measure(nats_url: str) -> dict:
+async def measure(nats_url: str, ingress_url: str) -> dict:
     client = await BillingClient.connect(nats_url)
     nc = await nats.connect(nats_url)
+    http = aiohttp.ClientSession(ingress_url, headers={"authorization": f"Bearer {API_KEY}"})
 
     async def ours(user: str) -> None:
         await client.check(user, model="gpt-3.5-turbo", thread_id="t1")
@@ -70,16 +75,22 @@ async def measure(nats_url: str) -> dict:
     async def raw(user: str) -> None:
         await nc.request("bench.check", json.dumps({"user_id": user}).encode(), timeout=5)
 
+    async def over_http(user: str) -> None:  # the same check through ingress's /v1/check (one kept-alive connection
+        async with http.post("/v1/check", json={"user_id": user, "model": "gpt-3.5-turbo",  # per caller)
+                                                "thread_id": "t1"}) as resp:
+            CheckReply.model_validate_json(await resp.read())
+
     # Rounds alternate baseline and check, and the median round is reported with the spread: on a 2-core machine
     # the load client, NATS, PostgreSQL and the responder share the cores, and one run alone drifts by 20 %.
-    out: dict[str, list[dict]] = {"baseline": [], "check": []}
+    targets = {"baseline": raw, "check": ours, "check_http": over_http}
+    out: dict[str, list[dict]] = {name: [] for name in targets}
     for concurrency in (1, 8, 32):
-        await drive(raw, concurrency)  # warm up both
-        await drive(ours, concurrency)
-        rounds: dict[str, list[dict]] = {"baseline": [], "check": []}
+        for call in targets.values():  # warm up
+            await drive(call, concurrency)
+        rounds: dict[str, list[dict]] = {name: [] for name in targets}
         for _ in range(ROUNDS):
-            rounds["baseline"].append(await drive(raw, concurrency))
-            rounds["check"].append(await drive(ours, concurrency))
+            for name, call in targets.items():
+                rounds[name].append(await drive(call, concurrency))
         for name, runs in rounds.items():
             mid = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
             out[name].append({**mid, "p99_ms": statistics.median(r["p99_ms"] for r in runs),
@@ -87,6 +98,7 @@ async def measure(nats_url: str) -> dict:
                               "p99_spread": [min(r["p99_ms"] for r in runs), max(r["p99_ms"] for r in runs)]})
     await client.close()
     await nc.close()
+    await http.close()
     return out
 
 
@@ -98,12 +110,15 @@ def main() -> dict:
     try:
         asyncio.run(migrate(db_url))
         asyncio.run(seed(db_url))
+        ingress_port = free_port()
         env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": db_url, "PYTHONPATH": PYTHONPATH,
-               "LOG_LEVEL": "WARNING", "BILLING_HTTP_PORT": str(free_port())}
+               "LOG_LEVEL": "WARNING", "BILLING_HTTP_PORT": str(free_port()), "INGRESS_PORT": str(ingress_port),
+               "CHAT_API_KEYS": API_KEY, "POLAR_WEBHOOK_SECRET": "whsec_" + "YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldA=="}
         procs = [subprocess.Popen([sys.executable, "-m", "bench.baseline_check"], cwd=ROOT, env=env),
-                 subprocess.Popen([sys.executable, "-m", "billing"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)]
+                 subprocess.Popen([sys.executable, "-m", "billing"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL),
+                 subprocess.Popen([sys.executable, "-m", "ingress"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)]
         time.sleep(3)
-        out = asyncio.run(measure(nats_url))
+        out = asyncio.run(measure(nats_url, f"http://127.0.0.1:{ingress_port}"))
     finally:
         for p in procs:
             p.terminate()
@@ -115,10 +130,10 @@ def main() -> dict:
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / f"check-{int(time.time())}.json").write_text(json.dumps(result, indent=2))
-    print(f"{'target':<9} {'conc':>4} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8}  spread over {ROUNDS} rounds (rps; p99)")
-    for name in ("baseline", "check"):
+    print(f"{'target':<10} {'conc':>4} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8}  spread over {ROUNDS} rounds (rps; p99)")
+    for name in out:
         for r in out[name]:
-            print(f"{name:<9} {r['concurrency']:>4} {r['rps']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8}  "
+            print(f"{name:<10} {r['concurrency']:>4} {r['rps']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8}  "
                   f"{r['rps_spread'][0]}-{r['rps_spread'][1]}; {r['p99_spread'][0]}-{r['p99_spread'][1]}")
     p99 = out["check"][0]["p99_ms"], out["baseline"][0]["p99_ms"]
     print(f"one caller: check p99 {p99[0]} ms = {p99[0] / p99[1]:.2f}x the baseline's {p99[1]} ms")

@@ -177,8 +177,8 @@ async function importGraph(entry: string): Promise<{ files: string[]; bare: Set<
     if (files.includes(url.href)) continue;
     files.push(url.href);
     const code = await readFile(fileURLToPath(url), "utf8");
-    for (const m of code.matchAll(/(?:import|export)\s[^;]*?from\s*["']([^"']+)["']|import\(\s*["']([^"']+)["']/g)) {
-      const spec = (m[1] ?? m[2])!;
+    for (const m of code.matchAll(/(?:import|export)\s[^;]*?from\s*["']([^"']+)["']|import\(\s*["']([^"']+)["']|import\s*["']([^"']+)["']/g)) {
+      const spec = (m[1] ?? m[2] ?? m[3])!;
       if (spec.startsWith(".")) todo.push(new URL(spec, url));
       else bare.add(spec);
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import secrets
 import signal
@@ -100,7 +101,16 @@ def _local_secret(name: str, prefix: str) -> str:
 def _webhook_secret(env: dict[str, str]) -> tuple[str, str]:
     if env.get("POLAR_WEBHOOK_SECRET"):
         return env["POLAR_WEBHOOK_SECRET"], "from your environment"
+    env["POLAR_WEBHOOK_SECRET_GENERATED"] = "1"
     return _local_secret("webhook_secret", "whsec_"), f"generated for local use, kept in {DATA / 'webhook_secret'}"
+
+
+def secret_line(secret: str, origin: str, *, generated: bool) -> str:
+    """A secret make run generated for local use is printed (the emulator signs with it); the operator's own only as a
+    fingerprint (enough to tell two apart, nothing to sign with): log streams are often shipped elsewhere."""
+    if generated:
+        return f"webhook secret ({origin}): {secret}"
+    return f"webhook secret ({origin}): sha256 fingerprint {hashlib.sha256(secret.encode()).hexdigest()[:12]}"
 
 
 async def _prepare(nats_url: str, database_url: str) -> list[int]:
@@ -161,7 +171,7 @@ def run() -> int:
             _use_emulator(env, emulator, secret, ingress_port)
             say(f"Polar: the emulator on {emulator.base_url} (POLAR_ACCESS_TOKEN unset); it signs webhooks to "
                 f"ingress with the secret below. Drive it: python -m polar_emulator.cli --help")
-        say(f"webhook secret ({origin}): {secret}")
+        say(secret_line(secret, origin, generated=bool(env.pop("POLAR_WEBHOOK_SECRET_GENERATED", ""))))
         by_name = {c.name: c for c in children}
         env["BILLING_HTTP_PORT"] = str(by_name["billing"].port)
         env["USAGE_SYNC_HTTP_PORT"] = str(by_name["usage-sync"].port)

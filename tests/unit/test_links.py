@@ -40,3 +40,12 @@ def test_garbage_is_refused_not_crashed_on(garbage: str) -> None:
 def test_the_url_carries_only_the_token() -> None:
     url = links.status_page_url("https://chat.example/", SECRET, "usr_1")
     assert url.startswith("https://chat.example/subscription/status?token=") and "usr_1" not in url
+
+
+def test_make_run_prints_a_secret_it_generated_and_only_a_fingerprint_of_the_operators() -> None:
+    from dev.stack import secret_line
+
+    mine = "whsec_b3BlcmF0b3Itc2VjcmV0LW9wZXJhdG9yLXNlY3JldA=="
+    line = secret_line(mine, "from your environment", generated=False)
+    assert mine not in line and mine.removeprefix("whsec_") not in line and "fingerprint" in line
+    assert secret_line(mine, "generated", generated=True).endswith(mine)

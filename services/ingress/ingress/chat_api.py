@@ -224,7 +224,8 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], s
 
 def openapi() -> dict[str, Any]:
     models: set[type[BaseModel]] = {m for op in OPERATIONS for m in (op[3], op[4]) if m is not None}
-    ordered: list[type[BaseModel]] = sorted(models | {UsageBatch, ErrorReply}, key=lambda m: m.__name__)
+    extra: list[type[BaseModel]] = [UsageBatch, ErrorReply]
+    ordered = sorted(models | set(extra), key=lambda m: m.__name__)
     inputs: list[tuple[type[BaseModel], Literal["validation"]]] = [(m, "validation") for m in ordered]
     _, defs = models_json_schema(inputs, ref_template="#/components/schemas/{model}")
     ref = "#/components/schemas/{}".format

@@ -9,13 +9,28 @@ class IngressSettings(ServiceSettings):
     # Signs the status-page links (polar_billing_client.links); the chat service's client signs with the same secret.
     # Unset: the status pages answer 503.
     status_page_secret: SecretStr | None = None
-    # Who may embed the pages in a frame: CSP frame-ancestors, e.g. "https://chat.example.com". 'none' = nobody.
+    # Who may embed the pages in a frame: CSP frame-ancestors, e.g. "https://chat.example.com". none = nobody.
     pages_frame_ancestors: str = "'none'"
     # Where "back" links on the pages go.
     pages_app_url: str = "/"
     # Bearer keys of the chat API over HTTPS (/v1/*), comma-separated so a new key can be added before the old one
     # is removed. Unset: /v1/* answers 503.
     chat_api_keys: SecretStr | None = None
+
+    @field_validator("pages_frame_ancestors")
+    @classmethod
+    def _frame_ancestors(cls, v: str) -> str:
+        """CSP keywords need their quotes (`'none'`), which .env files and compose's env_file strip: put them back,
+        or the header says `frame-ancestors none`, which browsers ignore (anyone could frame the pages)."""
+        sources = v.replace(",", " ").split()
+        if not sources:
+            return "'none'"
+        keywords = {"none", "self"}
+        bare = [s.strip("'\"") for s in sources]
+        fixed = [f"'{b.lower()}'" if b.lower() in keywords else b for b in bare]
+        if "'none'" in fixed and len(fixed) > 1:
+            raise ValueError("'none' cannot be combined with other sources")
+        return " ".join(fixed)
 
     @field_validator("chat_api_keys", mode="before")
     @classmethod

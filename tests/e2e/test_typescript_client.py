@@ -1,0 +1,124 @@
+"""The TypeScript client (clients/typescript) as a chat service installs it: built, packed, installed from its tarball
+into an empty Node project (so only its declared dependencies are there), and its tests run there with `node --test`
+against the whole backend: the live scenario over NATS and HTTP, then the policies with billing stopped."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import pytest_asyncio
+
+from polar_billing_client import links
+from polar_billing_client.subjects import subject_token
+from shared.db.migrate import migrate
+from tests.conftest import ROOT, Servers, drop_database, new_database
+from tests.e2e.client_stack import ClientStack, start_client_stack
+
+PACKAGE = ROOT / "clients" / "typescript"
+NODE, NPM = shutil.which("node"), shutil.which("npm")
+SPECIAL_USERS = ["ada.lovelace+test@example.com", "team/ops Zoë é"]  # '.', '+', '@'; '/', spaces, non-ASCII
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"),
+              pytest.mark.skipif(not (NODE and NPM), reason="node and npm are needed for the TypeScript client")]
+
+
+def run(*cmd: str, cwd: Path, timeout: float = 300) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package built and packed, installed by its tarball in a fresh project, with the compiled tests beside it."""
+    assert NPM
+    run(NPM, "ci", "--no-audit", "--no-fund", cwd=PACKAGE)
+    run(NPM, "run", "wire:check", cwd=PACKAGE)  # src/wire.ts is what the committed schema gives
+    run(NPM, "run", "build", cwd=PACKAGE)
+    run(NPM, "run", "build:test", cwd=PACKAGE)
+    out = tmp_path_factory.mktemp("ts-client")
+    packed = json.loads(run(NPM, "pack", "--json", "--ignore-scripts", "--pack-destination", str(out), cwd=PACKAGE))
+    project = out / "project"
+    project.mkdir()
+    run(NPM, "init", "-y", cwd=project)
+    (project / "package.json").write_text(
+        json.dumps({**json.loads((project / "package.json").read_text()), "type": "module"}, indent=2))
+    run(NPM, "install", "--no-audit", "--no-fund", str(out / packed[0]["filename"]), cwd=project)
+    shutil.copytree(PACKAGE / "dist-test", project / "test")
+    return project
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ClientStack]:
+    db_url = await new_database(servers)
+    await migrate(db_url)
+    s = await start_client_stack(servers.nats_url, db_url, tmp_path_factory.mktemp("ts-stack"))
+    yield s
+    s.stop()
+    await drop_database(servers, db_url)
+
+
+def node_env(s: ClientStack, **extra: str) -> dict[str, str]:
+    return {**os.environ, "NATS_URL": s.nats_url, "INGRESS_URL": s.ingress_url, "API_KEY": s.api_key,
+            "STATUS_PAGE_SECRET": s.status_page_secret, "NODE_NO_WARNINGS": "1", **extra}
+
+
+def node_test(project: Path, file: str, env: dict[str, str], *, outage: Path | None = None,
+              s: ClientStack | None = None) -> str:
+    """`node --test` on one compiled test file; with `outage`, stops billing when the tests say they are ready."""
+    assert NODE
+    proc = subprocess.Popen([NODE, "--test", "--test-reporter=spec", f"test/{file}"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        if outage is not None and s is not None:
+            deadline = time.monotonic() + 120
+            while not (outage / "warm").exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if (outage / "warm").exists():
+                s.stop_billing()
+                (outage / "billing-stopped").touch()
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    sys.stdout.write(output)  # shown by pytest on failure
+    counts = {k: int(v) for k, v in re.findall(r"^ℹ (tests|pass|fail) (\d+)$", output, re.M)}
+    assert proc.returncode == 0 and counts.get("fail") == 0, output[-6000:]
+    assert counts["tests"] > 0 and counts["pass"] == counts["tests"], output[-6000:]
+    return output
+
+
+def test_committed_schema_matches_the_contracts() -> None:
+    done = subprocess.run([sys.executable, "-m", "dev.ts_contracts", "--check"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+async def test_live_scenario_over_nats_and_http(node_project: Path, stack: ClientStack) -> None:
+    now = int(time.time())
+    expected = {"now": now, "users": [
+        {"id": u, "subjectToken": subject_token(u),
+         "statusPageUrl": f"{stack.ingress_url}/subscription/status?"
+                          f"{urlencode({'token': links.sign(stack.status_page_secret, u, links.DEFAULT_TTL, now)})}"}
+        for u in SPECIAL_USERS]}
+    node_test(node_project, "live.test.js", node_env(stack, EXPECTED=json.dumps(expected)))
+
+
+async def test_policies_with_billing_stopped(node_project: Path, stack: ClientStack, tmp_path: Path) -> None:
+    try:
+        node_test(node_project, "degraded.test.js", node_env(stack, OUTAGE_DIR=str(tmp_path)), outage=tmp_path,
+                  s=stack)
+        assert (tmp_path / "billing-stopped").exists()
+    finally:
+        if stack.billing.proc.poll() is not None:
+            stack.start_billing()

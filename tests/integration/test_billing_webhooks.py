@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -236,3 +237,47 @@ async def test_the_retention_job_deletes_log_rows_past_the_retention_only(databa
             assert await conn.fetchval("SELECT count(*) FROM orders") == 1  # state stays; only the log ages out
     finally:
         await pool.close()
+
+
+async def test_an_envelope_timestamp_with_a_positive_offset_is_applied(db: asyncpg.Connection) -> None:
+    payload = retarget(example("subscription.active"), "offset")
+    payload["timestamp"] = "2026-09-01T17:30:02+05:30"
+    assert (await apply(db, payload, "wh-offset")).status == "applied"
+    row = await one(db, "SELECT status, plan, event_ts FROM subscriptions WHERE id = $1", payload["data"]["id"])
+    assert (row["status"], row["plan"]) == ("active", "pro")
+    assert row["event_ts"] == datetime(2026, 9, 1, 12, 0, 2, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("external_id", "mapped"), [(42, "42"), ("x" * 3000, None), (True, None), (1.5, None)])
+async def test_a_customer_external_id_we_cannot_use_leaves_the_customer_unmapped(
+        db: asyncpg.Connection, external_id: object, mapped: str | None) -> None:
+    payload = retarget(example("customer.created"), f"ext-{type(external_id).__name__}")
+    payload["data"]["external_id"] = None
+    payload["data"]["metadata"] = {"__external_id": external_id}
+    assert (await apply(db, payload, f"wh-ext-{uuid.uuid4().hex[:6]}")).status == "applied"
+    assert (await one(db, "SELECT user_id FROM customers WHERE id = $1", payload["data"]["id"]))["user_id"] == mapped
+
+
+async def test_a_paused_subscription_does_not_entitle_and_a_resumed_one_does(db: asyncpg.Connection) -> None:
+    active = retarget(example("subscription.active"), "pause")
+    user = active["data"]["customer"]["external_id"]
+    await apply(db, active, "wh-pause-0")
+    paused = retarget(example("subscription.active"), "pause")
+    paused.update(type="subscription.paused", timestamp="2030-01-01T00:00:00Z")
+    paused["data"].update(status="paused", modified_at="2030-01-01T00:00:00Z")
+    assert (await apply(db, paused, "wh-pause-1")).status == "applied"
+    assert await db.fetchval("SELECT entitled FROM user_plan WHERE user_id = $1", user) is False
+    resumed = retarget(example("subscription.active"), "pause")
+    resumed.update(type="subscription.resumed", timestamp="2030-01-02T00:00:00Z")
+    resumed["data"].update(status="active", modified_at="2030-01-02T00:00:00Z")
+    out = await apply(db, resumed, "wh-pause-2")
+    assert out.status == "applied" and [(c.old_plan, c.new_plan) for c in out.changes] == [("free", "pro")]
+
+
+async def test_an_expired_checkout_is_recorded(db: asyncpg.Connection) -> None:
+    payload = retarget(example("checkout.updated"), "expired")
+    payload["type"] = "checkout.expired"
+    payload["data"]["status"] = "expired"
+    payload["data"]["modified_at"] = "2031-01-01T00:00:00Z"
+    assert (await apply(db, payload, "wh-expired")).status == "applied"
+    assert (await one(db, "SELECT status FROM checkouts WHERE id = $1", payload["data"]["id"]))["status"] == "expired"

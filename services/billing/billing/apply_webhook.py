@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -30,11 +30,15 @@ from .polar_models import (
     StateSubscription,
     Subscription,
     Webhook,
+    our_user_id,
     redact,
 )
 from .repository import CheckoutRow, CustomerRow, MeterCreditRow, OrderRow, SubscriptionRow
 
 log = logging.getLogger(__name__)
+
+# Below any real version, in UTC: built in an event's own offset (+05:30) it would fall before year 1 once in UTC.
+LOWEST = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -107,7 +111,7 @@ async def _customer_ref(ctx: Ctx, ref: Any, customer_id: str) -> str | None:
     if user_id:
         await ctx.touch(user_id)
         # Lowest possible version: fills a gap, never overwrites what a customer.* event wrote.
-        lowest = datetime.min.replace(tzinfo=ctx.ts.tzinfo)
+        lowest = LOWEST
         await repo.upsert_customer(ctx.conn, CustomerRow(id=customer_id, user_id=user_id, deleted_at=None,
                                                          version=lowest, event_ts=lowest))
         return user_id
@@ -116,9 +120,10 @@ async def _customer_ref(ctx: Ctx, ref: Any, customer_id: str) -> str | None:
 
 async def apply_checkout(ctx: Ctx) -> None:
     c: Checkout = _parse(Checkout, ctx.data)
-    await ctx.touch(c.external_customer_id)
+    user_id = our_user_id(c.external_customer_id)
+    await ctx.touch(user_id)
     await repo.upsert_checkout(ctx.conn, CheckoutRow(
-        id=c.id, user_id=c.external_customer_id, product_id=c.product_id, status=c.status,
+        id=c.id, user_id=user_id, product_id=c.product_id, status=c.status,
         subscription_id=c.subscription_id, **ctx.stamp(c)))
 
 
@@ -178,10 +183,11 @@ async def apply_customer_state(ctx: Ctx) -> None:
 
 # Event type → how it is applied. A type not listed is logged as `skipped`, with its reason.
 APPLY: dict[str, Callable[[Ctx], Awaitable[None]]] = {
-    **{f"checkout.{e}": apply_checkout for e in ("created", "updated")},
+    **{f"checkout.{e}": apply_checkout for e in ("created", "updated", "expired")},
     **{f"customer.{e}": apply_customer for e in ("created", "updated", "deleted")},
     **{f"subscription.{e}": apply_subscription
-       for e in ("created", "updated", "active", "canceled", "uncanceled", "revoked", "past_due", "cycled")},
+       for e in ("created", "updated", "active", "canceled", "uncanceled", "revoked", "past_due", "cycled",
+                 "paused", "resumed")},
     **{f"order.{e}": apply_order for e in ("created", "paid", "refunded", "updated")},
     **{f"benefit_grant.{e}": apply_benefit_grant for e in ("created", "cycled", "updated", "revoked")},
     "customer.state_changed": apply_customer_state,

@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared import topology
 from shared.retry import Invalid
 
+MAX_USER_ID = 256  # polar_billing_client.contracts: user_id max_length
+
+
+def our_user_id(value: object) -> str | None:
+    """An external id as our user id: text or a whole number, 1 to 256 characters; anything else maps to no user."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value)
+    return text if 0 < len(text) <= MAX_USER_ID else None
+
 
 class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -84,8 +94,10 @@ class CustomerRef(_Tolerant):
 
     @property
     def user_id(self) -> str | None:
-        # On soft delete Polar moves external_id into metadata["__external_id"] (docs/polar.md §7).
-        return self.external_id or self.metadata.get("__external_id")
+        """Our user id: Polar's external_id. On soft delete Polar moves it into metadata["__external_id"]
+        (docs/polar.md §7), where a value may be a number. An id longer than any our contracts accept (256) cannot
+        be one of ours: the customer is kept, unmapped."""
+        return our_user_id(self.external_id or self.metadata.get("__external_id"))
 
 
 class Customer(_Versioned, CustomerRef):

@@ -170,7 +170,7 @@ def run() -> int:
             children.insert(0, emulator)
             _use_emulator(env, emulator, secret, ingress_port)
             say(f"Polar: the emulator on {emulator.base_url} (POLAR_ACCESS_TOKEN unset); it signs webhooks to "
-                f"ingress with the secret below. Drive it: python -m polar_emulator.cli --help")
+                f"ingress with the secret below. Drive it: .venv/bin/polar-billing emulator --help")
         say(secret_line(secret, origin, generated=bool(env.pop("POLAR_WEBHOOK_SECRET_GENERATED", ""))))
         by_name = {c.name: c for c in children}
         env["BILLING_HTTP_PORT"] = str(by_name["billing"].port)
@@ -199,6 +199,7 @@ def run() -> int:
         if stop.is_set():
             return 0
 
+        _write_stack_env(env, by_name)
         say(f"all services ready in {time.monotonic() - started:.1f}s")
         if "polar-emulator" in by_name:
             say(f"  polar       {by_name['polar-emulator'].base_url}   (emulator) admin: /__emulator__/")
@@ -218,7 +219,20 @@ def run() -> int:
                     return 1
         return 0
     finally:
+        (DATA / "stack.env").unlink(missing_ok=True)
         _shutdown(children, servers)
+
+
+def _write_stack_env(env: dict[str, str], by_name: dict[str, Child]) -> None:
+    """Where this stack's servers listen, for `polar-billing` in another terminal (ops/cli.py reads it). No secret."""
+    lines = [f"NATS_URL={env['NATS_URL']}", f"DATABASE_URL={env['DATABASE_URL']}"]
+    for key in ("POLAR_PRO_PRODUCT_ID", "POLAR_TEAM_PRODUCT_ID"):
+        if env.get(key):
+            lines.append(f"{key}={env[key]}")
+    if "polar-emulator" in by_name:
+        lines.append(f"EMULATOR_URL={by_name['polar-emulator'].base_url}")
+    DATA.mkdir(parents=True, exist_ok=True)
+    (DATA / "stack.env").write_text("\n".join(lines) + "\n")
 
 
 def _shutdown(children: list[Child], servers: list[EmbeddedNats | EmbeddedPostgres]) -> None:

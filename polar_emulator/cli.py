@@ -21,8 +21,8 @@ import httpx
 from .config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m polar_emulator.cli", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m polar_emulator.cli") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.replace("python -m polar_emulator.cli", prog),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default=os.environ.get("EMULATOR_URL", "http://127.0.0.1:9000"))
     sub = p.add_subparsers(dest="cmd", required=True)

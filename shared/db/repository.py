@@ -1,8 +1,6 @@
 """The SQL of the tables every service shares: `dead_letters` (the one dead-letter store)."""
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
 
@@ -19,15 +17,16 @@ async def insert_dead_letter(conn: asyncpg.Connection | asyncpg.Pool, *, source:
 async def list_dead_letters(conn: asyncpg.Connection, source: str | None = None,
                             limit: int = 100) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """SELECT id, source, subject, msg_id, stream_seq, reason, deliveries, created_at FROM dead_letters
-           WHERE $1::text IS NULL OR source = $1 ORDER BY id DESC LIMIT $2""",
+        """SELECT id, source, subject, msg_id, stream_seq, reason, deliveries, created_at, replayed_at
+           FROM dead_letters WHERE $1::text IS NULL OR source = $1 ORDER BY id DESC LIMIT $2""",
         source, limit,
     )
+
+
+async def mark_dead_letter_replayed(conn: asyncpg.Connection, dead_letter_id: int) -> None:
+    await conn.execute("UPDATE dead_letters SET replayed_at = now() WHERE id = $1", dead_letter_id)
 
 
 async def get_dead_letter(conn: asyncpg.Connection, dead_letter_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM dead_letters WHERE id = $1", dead_letter_id)
 
-
-def as_row(record: asyncpg.Record) -> dict[str, Any]:
-    return dict(record)

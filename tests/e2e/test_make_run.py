@@ -1,5 +1,7 @@
 """`make run`'s supervisor: embedded servers, three services, tagged logs, Ctrl-C stops everything in under 10 s."""
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,6 +50,7 @@ def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphan
         while '"event": "webhook.applied"' not in log.read_text() or log.read_text().count("webhook.applied") < 6:
             assert time.monotonic() - t1 < 30, log.read_text()[-3000:]
             time.sleep(0.2)
+        run_the_readme_commands(env)
         # What Ctrl-C in the terminal does: SIGINT to the supervisor.
         t_stop = time.monotonic()
         stack.send_signal(signal.SIGINT)
@@ -63,3 +66,30 @@ def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphan
     # A restart keeps state: the secret and the database are where they were.
     assert (tmp_path / "data" / "webhook_secret").exists() and (tmp_path / "data" / "postgres" / "pgdata").exists()
     assert os.path.exists(tmp_path / "data" / "nats" / "jetstream")
+    assert not (tmp_path / "data" / "stack.env").exists()  # a stopped stack leaves no URLs to stale servers
+
+
+def readme_commands() -> list[str]:
+    """Every `.venv/bin/polar-billing …` line of the README's shell blocks, as written."""
+    blocks = (ROOT / "README.md").read_text().split("```sh\n")[1:]
+    lines = [line.strip() for block in blocks for line in block.split("```", 1)[0].splitlines()]
+    return [line.split("  #", 1)[0].strip() for line in lines if line.startswith(".venv/bin/polar-billing ")]
+
+
+def run_the_readme_commands(env: dict[str, str]) -> None:
+    """Run in a second terminal while `make run` runs: each must work as typed, from the clone's root."""
+    commands = readme_commands()
+    assert len(commands) >= 15
+    compose = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()
+               if line.strip().startswith("docker compose exec billing polar-billing ")]
+    operator = [c for c in commands if not c.startswith(".venv/bin/polar-billing emulator ")]
+    assert [c.removeprefix("docker compose exec billing polar-billing ") for c in compose] == [
+        c.removeprefix(".venv/bin/polar-billing ") for c in operator if " emulator " not in c][:len(compose)]
+    outside = {k: v for k, v in env.items() if k not in ("NATS_URL", "DATABASE_URL", "PYTHONPATH")}
+    for command in commands:
+        res = subprocess.run(shlex.split(command), cwd=ROOT, env=outside, capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert res.returncode == 0 and res.stdout.strip(), f"{command}: {res.returncode}\n{res.stdout}{res.stderr}"
+    show = subprocess.run(shlex.split(".venv/bin/polar-billing users show usr_run --json"), cwd=ROOT, env=outside,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(show.stdout)["status"]["plan"] == "pro"  # what the purchase above made of usr_run

@@ -102,10 +102,10 @@ async def test_a_webhook_that_keeps_failing_is_dead_lettered_logged_and_replayab
         await nc.close()
 
     await db.execute("DROP TRIGGER refuse ON subscriptions")
-    res = subprocess.run([sys.executable, "-m", "billing.cli", "replay", "--failed"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "ops.cli", "webhooks", "replay", "--failed", "--json"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "wh-poison: applied" in res.stdout
+    assert {"webhook_id": "wh-poison", "outcome": "applied", "detail": None} in json.loads(res.stdout)
     assert await db.fetchval("SELECT status FROM webhook_log WHERE webhook_id = 'wh-poison'") == "applied"
     assert await db.fetchval("SELECT plan FROM subscriptions") == "pro"
 

@@ -27,7 +27,9 @@ async def mark_failed(msg: Msg, reason: str, rt: BillingRuntime) -> None:
         webhook = Webhook.from_msg(msg)
         webhook_id, event_type, payload = webhook.id, webhook.type, redact(webhook.raw)
     except Exception:  # noqa: BLE001 - an unparseable body is still logged (the dead-letter store keeps its bytes)
-        webhook_id, event_type, payload = (msg.headers or {}).get("Nats-Msg-Id", ""), event_type_of(msg), None
+        headers = msg.headers or {}
+        webhook_id = headers.get("webhook-id") or headers.get("Nats-Msg-Id", "")
+        event_type, payload = event_type_of(msg), None
     async with rt.pool.acquire() as conn:
         await repo.record_failure(conn, webhook_id, event_type, payload, reason, attempts)
     WEBHOOKS.labels("dead_lettered").inc()

@@ -68,7 +68,8 @@ class Webhook:
     @classmethod
     def from_msg(cls, msg: Msg) -> Webhook:
         headers = msg.headers or {}
-        return cls.parse(headers.get("Nats-Msg-Id") or headers.get("webhook-id") or "", msg.data)
+        # `webhook-id` first: a dead letter put back on its subject carries a new message id, the same webhook id.
+        return cls.parse(headers.get("webhook-id") or headers.get("Nats-Msg-Id") or "", msg.data)
 
 
 def event_type_of(msg: Msg) -> str:

@@ -57,6 +57,12 @@ async def get_webhook(conn: asyncpg.Connection, webhook_id: str) -> asyncpg.Reco
     return await conn.fetchrow("SELECT * FROM webhook_log WHERE webhook_id = $1", webhook_id)
 
 
+async def failed_webhooks(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT webhook_id, type, attempts, error, received_at, processed_at FROM webhook_log "
+        "WHERE status = 'failed' ORDER BY received_at LIMIT $1", limit)
+
+
 async def failed_webhook_ids(conn: asyncpg.Connection) -> list[str]:
     rows = await conn.fetch("SELECT webhook_id FROM webhook_log WHERE status = 'failed' ORDER BY received_at")
     return [r["webhook_id"] for r in rows]

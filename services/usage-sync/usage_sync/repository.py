@@ -165,3 +165,10 @@ async def outbox_lag(conn: asyncpg.Connection) -> tuple[int, float]:
 async def list_quarantined(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT event_id, user_id, sync_error FROM usage_events "
                             "WHERE sync_status = 'quarantined' ORDER BY received_at")
+
+
+async def recent_events(conn: asyncpg.Connection, user_id: str, limit: int = 10) -> list[asyncpg.Record]:
+    """The user's latest ledger rows, newest first (the operator's view of one user)."""
+    return await conn.fetch(
+        "SELECT event_id, occurred_at, model, thread_id, input_tokens, output_tokens, billable_tokens, sync_status "
+        "FROM usage_events WHERE user_id = $1 ORDER BY occurred_at DESC LIMIT $2", user_id, limit)

@@ -96,7 +96,7 @@ async def database(s: OpsSettings) -> asyncpg.Connection:
 
     try:
         return await asyncio.wait_for(connect(s.database_url), 5)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"PostgreSQL unreachable: {type(exc).__name__}") from None
 
 
@@ -127,6 +127,7 @@ async def webhooks_failed(s: OpsSettings, a: argparse.Namespace) -> int:
 
 async def webhooks_replay(s: OpsSettings, a: argparse.Namespace) -> int:
     from billing.cli import replay
+
     from shared.plans import PlanCatalog
 
     conn, nc = await database(s), await broker(s)

@@ -22,7 +22,7 @@ class EmulatorSettings(BaseSettings):
     frontend_url: str | None = None
     # Webhooks: where they go, and the secret and scheme they are signed with (standard | legacy).
     webhook_url: str | None = None
-    webhook_secret: str = "whsec_" + "ZW11bGF0b3Itd2ViaG9vay1zZWNyZXQtMzJieXRlcyE="
+    webhook_secret: str = Field("whsec_" + "ZW11bGF0b3Itd2ViaG9vay1zZWNyZXQtMzJieXRlcyE=", min_length=1)
     webhook_scheme: str = Field("standard", pattern="^(standard|legacy)$")
     webhook_timeout: float = 10.0
     webhook_max_attempts: int = 10

@@ -36,16 +36,18 @@ UNUSUAL_IDS = ["ada.lovelace+test@example.com", "org.42/user 7 é"]
 def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with only the client package (and what it declares) installed."""
     where = tmp_path_factory.mktemp("client-venv")
+    outside = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # make test exports the repository's
     venv.EnvBuilder(with_pip=True).create(where)
     python = where / "bin" / "python"
     build = tmp_path_factory.mktemp("client-build")
     res = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                           str(ROOT / "clients" / "python")], capture_output=True, text=True, timeout=300,
-                         cwd=build, check=False)
+                         cwd=build, env=outside, check=False)
     if res.returncode != 0 and "Could not find a version" in res.stderr + res.stdout:
         pytest.skip(f"cannot install the client's dependencies here: {res.stderr[-300:]}")
     assert res.returncode == 0, res.stderr[-2000:]
-    shadow = subprocess.run([str(python), "-c", "import shared"], capture_output=True, cwd=build, check=False)
+    shadow = subprocess.run([str(python), "-c", "import shared"], capture_output=True, cwd=build, env=outside,
+                            check=False)
     assert shadow.returncode != 0, "the repository leaked into the client's environment"
     return python
 

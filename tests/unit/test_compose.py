@@ -66,9 +66,12 @@ def test_grafana_provisions_the_prometheus_datasource_and_the_mounted_dashboard(
     [provider] = yaml.safe_load((provisioning / "dashboards/billing.yml").read_text())["providers"]
     dashboard = _mount(services["grafana"], "./deploy/grafana/billing.json")
     assert provider["type"] == "file" and provider["options"]["path"] == str(Path(dashboard).parent)
-    # The dashboard's datasource references resolve: the provisioned uid or a template variable. An export "for sharing
-    # externally" (__inputs, ${DS_...}) does not: file provisioning fills in no inputs.
+    # The dashboard's datasource references resolve: the provisioned uid, Grafana's built-in one, or a datasource
+    # variable. An export "for sharing externally" (__inputs) does not: file provisioning fills in no inputs.
     text = (ROOT / "deploy/grafana/billing.json").read_text()
-    assert "__inputs" not in json.loads(text) and "${DS_" not in text
+    board = json.loads(text)
+    assert "__inputs" not in board
+    variables = {v["name"] for v in board.get("templating", {}).get("list", []) if v["type"] == "datasource"}
+    known = {datasource["uid"], "-- Grafana --"} | {f"${v}" for v in variables} | {f"${{{v}}}" for v in variables}
     uids = set(re.findall(r'"datasource"\s*:\s*{[^{}]*"uid"\s*:\s*"([^"]*)"', text))
-    assert {u for u in uids if not u.startswith("$")} <= {datasource["uid"]}
+    assert uids and uids <= known, uids - known

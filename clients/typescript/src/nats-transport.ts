@@ -100,6 +100,7 @@ export class NatsTransport implements Transport {
   }
 
   async close(): Promise<void> {
+    if (this.nc.isClosed()) return;
     await Promise.all([...this.consuming].map((m) => m.close())); // ends the events() loops
     await this.nc.drain();
   }

@@ -16,6 +16,7 @@ const expected = JSON.parse(env("EXPECTED")) as {
   users: { id: string; subjectToken: string; statusPageUrl: string }[];
 };
 const TOKENS_PER_MESSAGE = 10 + 5;
+const MODEL = "claude-3-5-haiku-latest"; // one of Free's models
 
 for (const transport of TRANSPORTS) {
   describe(`over ${transport}`, () => {
@@ -42,67 +43,71 @@ for (const transport of TRANSPORTS) {
         })();
       }
 
-      await pooled(99, 10, () => client.trackUsage({
-        userId: user, threadId: "t1", model: "gpt-4o-mini", inputTokens: 10, outputTokens: 5,
-      }));
-      const seen = await eventually("status after 99 messages", () => client.status(user),
-                                    (s) => messagesUsed(s) === 99);
-      assert.equal(seen.plan, "free");
-      assert.equal(seen.limits.tokens_per_month.used, 99 * TOKENS_PER_MESSAGE);
-      assert.deepEqual(seen.credits, { granted: 0, used: 0, balance: 0 });
+      try {
+        await pooled(99, 10, () => client.trackUsage({
+          userId: user, threadId: "t1", model: MODEL, inputTokens: 10, outputTokens: 5,
+        }));
+        const seen = await eventually("status after 99 messages", () => client.status(user),
+                                      (s) => messagesUsed(s) === 99);
+        assert.equal(seen.plan, "free");
+        assert.equal(seen.limits.tokens_per_month.used, 99 * TOKENS_PER_MESSAGE);
+        assert.deepEqual(seen.credits, { granted: 0, used: 0, balance: 0 });
 
-      const hundredth = await client.check({ userId: user, model: "gpt-4o-mini", threadId: "t1" });
-      assert.equal(hundredth.allowed, true);
-      assert.equal(hundredth.reason, null);
-      assert.equal(hundredth.degraded, undefined);
-      assert.deepEqual(hundredth.limits.messages_per_day, { used: 99, limit: 100, resetsAt: nextUtcMidnight() });
+        const hundredth = await client.check({ userId: user, model: MODEL, threadId: "t1" });
+        assert.equal(hundredth.allowed, true);
+        assert.equal(hundredth.reason, null);
+        assert.equal(hundredth.degraded, undefined);
+        assert.deepEqual(hundredth.limits.messages_per_day, { used: 99, limit: 100, resetsAt: nextUtcMidnight() });
 
-      const reserved = await Promise.all(Array.from({ length: 20 }, () => client.reserve({
-        userId: user, threadId: "t1", estimatedTokens: 50, ttlSeconds: 120,
-      })));
-      const admitted = reserved.filter((r) => r.allowed);
-      assert.equal(admitted.length, 1);
-      assert.match(admitted[0]!.reservationId ?? "", /^rsv_/);
-      for (const r of reserved.filter((r) => !r.allowed)) {
-        assert.equal(r.reason, "messages_per_day");
-        assert.equal(r.reservationId, null);
-      }
+        const reserved = await Promise.all(Array.from({ length: 20 }, () => client.reserve({
+          userId: user, threadId: "t1", estimatedTokens: 50, ttlSeconds: 120,
+        })));
+        const admitted = reserved.filter((r) => r.allowed);
+        assert.equal(admitted.length, 1);
+        assert.match(admitted[0]!.reservationId ?? "", /^rsv_/);
+        for (const r of reserved.filter((r) => !r.allowed)) {
+          assert.equal(r.reason, "messages_per_day");
+          assert.equal(r.reservationId, null);
+        }
 
-      const refused = await client.check({ userId: user, threadId: "t1" });
-      assert.equal(refused.allowed, false);
-      assert.equal(refused.reason, "messages_per_day");
-      assert.deepEqual(refused.resetsAt, nextUtcMidnight());
-      await assert.rejects(client.require({ userId: user }), (err: unknown) => {
-        assert.ok(err instanceof LimitExceeded);
-        assert.equal(err.limit, "messages_per_day");
-        assert.deepEqual(err.resetsAt, nextUtcMidnight());
-        assert.equal(err.decision.allowed, false);
-        return true;
-      });
-
-      // The reservation held the 100th message and its 50 tokens; released, the user is back at 99.
-      const withReservation = await client.status(user);
-      assert.equal(withReservation.limits.tokens_per_month.used, 99 * TOKENS_PER_MESSAGE + 50);
-      assert.equal(await client.release(admitted[0]!.reservationId!), true);
-      assert.equal(await client.release(admitted[0]!.reservationId!), false);
-      const released = await client.status(user);
-      assert.equal(released.limits.tokens_per_month.used, 99 * TOKENS_PER_MESSAGE);
-      assert.equal(messagesUsed(released), 99);
-      assert.equal((await client.check({ userId: user })).allowed, true);
-
-      if (listener && listening) { // 80 % of messages_per_day was crossed once: one event, acked
-        await eventually("the usage threshold event", async () => events.length, (n) => n > 0, 15_000);
-        await new Promise((resolve) => setTimeout(resolve, 1500)); // a second one would come now
-        await listener.close(); // ends the loop
-        await listening;
-        assert.equal(events.length, 1, JSON.stringify(events));
-        const threshold = events[0]!;
-        assert.ok(threshold.type === "usage.threshold");
-        assert.deepEqual({ ...threshold, used: 0 }, {
-          type: "usage.threshold", userId: user, limit: "messages_per_day", percent: 80, used: 0, limitValue: 100,
-          resetsAt: nextUtcMidnight(),
+        const refused = await client.check({ userId: user, threadId: "t1" });
+        assert.equal(refused.allowed, false);
+        assert.equal(refused.reason, "messages_per_day");
+        assert.deepEqual(refused.resetsAt, nextUtcMidnight());
+        await assert.rejects(client.require({ userId: user }), (err: unknown) => {
+          assert.ok(err instanceof LimitExceeded);
+          assert.equal(err.limit, "messages_per_day");
+          assert.deepEqual(err.resetsAt, nextUtcMidnight());
+          assert.equal(err.decision.allowed, false);
+          return true;
         });
-        assert.ok(threshold.used >= 80 && threshold.used < 100);
+
+        // The reservation held the 100th message and its 50 tokens; released, the user is back at 99.
+        const withReservation = await client.status(user);
+        assert.equal(withReservation.limits.tokens_per_month.used, 99 * TOKENS_PER_MESSAGE + 50);
+        assert.equal(await client.release(admitted[0]!.reservationId!), true);
+        assert.equal(await client.release(admitted[0]!.reservationId!), false);
+        const released = await client.status(user);
+        assert.equal(released.limits.tokens_per_month.used, 99 * TOKENS_PER_MESSAGE);
+        assert.equal(messagesUsed(released), 99);
+        assert.equal((await client.check({ userId: user })).allowed, true);
+
+        if (listener) { // 80 % of messages_per_day was crossed once: one event, acked
+          await eventually("the usage threshold event", async () => events.length, (n) => n > 0, 15_000);
+          await new Promise((resolve) => setTimeout(resolve, 1500)); // a second one would come now
+          await listener.close(); // and the loop ends
+          await listening;
+          assert.equal(events.length, 1, JSON.stringify(events));
+          const threshold = events[0]!;
+          assert.ok(threshold.type === "usage.threshold");
+          assert.deepEqual({ ...threshold, used: 0 }, {
+            type: "usage.threshold", userId: user, limit: "messages_per_day", percent: 80, used: 0, limitValue: 100,
+            resetsAt: nextUtcMidnight(),
+          });
+          assert.ok(threshold.used >= 80 && threshold.used < 100);
+        }
+      } finally {
+        await listener?.close();
       }
     });
 
@@ -111,7 +116,7 @@ for (const transport of TRANSPORTS) {
         assert.equal(subjectToken(id), token); // the same token as the Python client's
         const before = messagesUsed(await client.status(id));
         const eventId = client.newEventId();
-        const usage = { eventId, userId: id, threadId: "t-any", model: "gpt-4o-mini", inputTokens: 3, outputTokens: 4 };
+        const usage = { eventId, userId: id, threadId: "t-any", model: MODEL, inputTokens: 3, outputTokens: 4 };
         assert.deepEqual(await client.trackUsage(usage), { eventId, duplicate: false });
         assert.deepEqual(await client.trackUsage(usage), { eventId, duplicate: true }); // a retry: stored once
         const after = await eventually(`status of ${id}`, () => client.status(id), (s) => messagesUsed(s) > before);

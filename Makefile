@@ -35,12 +35,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check services shared dev clients polar_emulator ops
 	$(BIN)/mypy
 
-# The browser tests drive Debian's chromium (Playwright's own browser download is not used). Where it cannot be
-# installed (not root, no apt), those tests skip and say why.
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used), the alert tests Debian's
+# prometheus and promtool. Where they cannot be installed (not root, no apt), those tests skip and say why.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "could not install chromium: the browser tests will be skipped"; }
+	@command -v chromium >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium and prometheus for the browser and alert tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium prometheus >/dev/null) \
+	  || echo "could not install chromium / prometheus: the browser and alert tests will be skipped"; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

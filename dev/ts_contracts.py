@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     text = render()
     if "--check" in argv:
         if not SCHEMA.exists() or SCHEMA.read_text() != text:
-            print(f"{SCHEMA.relative_to(ROOT)} is out of date: run `{COMMAND}`, then `npm run wire` in "
+            print(f"{SCHEMA} is out of date: run `{COMMAND}`, then `npm run wire` in "
                   "clients/typescript", file=sys.stderr)
             return 1
         return 0

@@ -14,33 +14,35 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlencode
 
+import nats
 import pytest
 import pytest_asyncio
-
 from polar_billing_client import links
-from polar_billing_client.subjects import subject_token
+from polar_billing_client.subjects import BILLING_EVENTS_STREAM, subject_token
+
+from dev import ts_contracts
 from shared.db.migrate import migrate
 from tests.conftest import ROOT, Servers, drop_database, new_database
 from tests.e2e.client_stack import ClientStack, start_client_stack
 
 PACKAGE = ROOT / "clients" / "typescript"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
+DURABLE_PREFIX = "ts-e2e-"  # test/live.test.ts
 SPECIAL_USERS = ["ada.lovelace+test@example.com", "team/ops Zoë é"]  # '.', '+', '@'; '/', spaces, non-ASCII
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"),
-              pytest.mark.skipif(not (NODE and NPM), reason="node and npm are needed for the TypeScript client")]
 
 
 def run(*cmd: str, cwd: Path, timeout: float = 300) -> str:
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    done = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout
 
 
 @pytest.fixture(scope="module")
 def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package built and packed, installed by its tarball in a fresh project, with the compiled tests beside it."""
-    assert NPM
+    if not (NODE and NPM):
+        pytest.skip("node and npm are needed to test the TypeScript client")
     run(NPM, "ci", "--no-audit", "--no-fund", cwd=PACKAGE)
     run(NPM, "run", "wire:check", cwd=PACKAGE)  # src/wire.ts is what the committed schema gives
     run(NPM, "run", "build", cwd=PACKAGE)
@@ -65,6 +67,14 @@ async def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> A
     yield s
     s.stop()
     await drop_database(servers, db_url)
+    nc = await nats.connect(servers.nats_url)  # the Node tests' durables on BILLING_EVENTS
+    try:
+        js = nc.jetstream()
+        for info in await js.consumers_info(BILLING_EVENTS_STREAM):
+            if info.name.startswith(DURABLE_PREFIX):
+                await js.delete_consumer(BILLING_EVENTS_STREAM, info.name)
+    finally:
+        await nc.close()
 
 
 def node_env(s: ClientStack, **extra: str) -> dict[str, str]:
@@ -76,8 +86,8 @@ def node_test(project: Path, file: str, env: dict[str, str], *, outage: Path | N
               s: ClientStack | None = None) -> str:
     """`node --test` on one compiled test file; with `outage`, stops billing when the tests say they are ready."""
     assert NODE
-    proc = subprocess.Popen([NODE, "--test", "--test-reporter=spec", f"test/{file}"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([NODE, "--test", "--test-reporter=spec", "--test-timeout=120000", f"test/{file}"],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         if outage is not None and s is not None:
             deadline = time.monotonic() + 120
@@ -87,23 +97,27 @@ def node_test(project: Path, file: str, env: dict[str, str], *, outage: Path | N
                 s.stop_billing()
                 (outage / "billing-stopped").touch()
         output, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
     sys.stdout.write(output)  # shown by pytest on failure
-    counts = {k: int(v) for k, v in re.findall(r"^ℹ (tests|pass|fail) (\d+)$", output, re.M)}
+    counts = {k: int(v) for k, v in re.findall(r"^ℹ (tests|pass|fail) (\d+)$", output, re.MULTILINE)}
     assert proc.returncode == 0 and counts.get("fail") == 0, output[-6000:]
     assert counts["tests"] > 0 and counts["pass"] == counts["tests"], output[-6000:]
     return output
 
 
-def test_committed_schema_matches_the_contracts() -> None:
-    done = subprocess.run([sys.executable, "-m", "dev.ts_contracts", "--check"], cwd=ROOT, capture_output=True,
-                          text=True)
+def test_committed_schema_matches_the_contracts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    done = subprocess.run([sys.executable, "-m", "dev.ts_contracts", "--check"], check=False, cwd=ROOT,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    stale = tmp_path / "contracts.schema.json"  # and the check does see a difference
+    stale.write_text(ts_contracts.render().replace('"cancel_at_period_end"', '"cancel_at_end"'))
+    monkeypatch.setattr(ts_contracts, "SCHEMA", stale)
+    assert ts_contracts.main(["--check"]) == 1
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_live_scenario_over_nats_and_http(node_project: Path, stack: ClientStack) -> None:
     now = int(time.time())
     expected = {"now": now, "users": [
@@ -114,6 +128,7 @@ async def test_live_scenario_over_nats_and_http(node_project: Path, stack: Clien
     node_test(node_project, "live.test.js", node_env(stack, EXPECTED=json.dumps(expected)))
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_policies_with_billing_stopped(node_project: Path, stack: ClientStack, tmp_path: Path) -> None:
     try:
         node_test(node_project, "degraded.test.js", node_env(stack, OUTAGE_DIR=str(tmp_path)), outage=tmp_path,
@@ -122,3 +137,14 @@ async def test_policies_with_billing_stopped(node_project: Path, stack: ClientSt
     finally:
         if stack.billing.proc.poll() is not None:
             stack.start_billing()
+
+
+async def test_the_readme_typescript_snippet_runs_as_written(node_project: Path, stack: ClientStack) -> None:
+    """The README's `ts` block is plain modern JavaScript too: it runs as a module in the installed project."""
+    text = (ROOT / "README.md").read_text().split("## Use it from your chat service", 1)[1].split("\n## ", 1)[0]
+    (node_project / "readme.mjs").write_text(text.split("```ts\n", 1)[1].split("```", 1)[0])
+    assert NODE
+    out = subprocess.run([NODE, "readme.mjs"], cwd=node_project, env=node_env(stack), capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["free", "100"]

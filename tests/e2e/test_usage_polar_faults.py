@@ -1,6 +1,7 @@
 """usage-sync against Polar's failure modes (the emulator's faults): every event reaches Polar exactly once."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -76,9 +77,10 @@ async def test_a_poison_event_in_a_batch_of_500_is_quarantined_and_the_499_other
     assert len(got) == 499 and poison not in got and set(got.values()) == {1}
 
     # The operator sees it, fixes the cause, and re-sends it.
-    cli = [sys.executable, "-m", "usage_sync.cli"]
-    listing = subprocess.run([*cli, "quarantined"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert poison in listing.stdout and "1 quarantined" in listing.stdout
+    cli = [sys.executable, "-m", "ops.cli", "usage"]
+    listing = subprocess.run([*cli, "quarantined", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=30)
+    assert [r["event_id"] for r in json.loads(listing.stdout)] == [poison]
     admin(emulator, "DELETE", "faults")
     resend = subprocess.run([*cli, "resend", "--all"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert "1 event(s) back in the outbox" in resend.stdout

@@ -41,7 +41,7 @@ export const newEventId = (): string => `ev_${crypto.randomUUID().replaceAll("-"
 export class BillingClient {
   private readonly degrader: Degrader;
 
-  constructor(readonly transport: Transport, readonly options: ClientOptions = {}) {
+  constructor(readonly transport: Transport, private readonly options: ClientOptions = {}) {
     this.degrader = new Degrader(asPolicy(options.onUnavailable ?? "raise"), options.logger ?? console);
   }
 

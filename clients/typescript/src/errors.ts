@@ -8,9 +8,8 @@ export class BillingError extends Error {
   readonly retryAfter: number | null;
 
   constructor(body: ErrorBody) {
-    super(`${body.code}: ${body.message}`);
+    super(body.message);
     this.code = body.code;
-    this.message = body.message;
     this.field = body.field ?? null;
     this.retryAfter = body.retryAfter ?? null;
   }

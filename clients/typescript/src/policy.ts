@@ -5,8 +5,8 @@ export type Fallback = "raise" | "allow" | "deny";
 
 /** What check and reserve decide when billing does not answer in time (polar_billing_client's `Unavailable`).
  * - `fallback`: "raise" (throw BillingUnavailable), "allow" or "deny".
- * - `lastKnownMaxAgeSeconds`: first reuse the user's last answer from billing if it is at most this old. Answers are
- *   kept only when the client's own policy sets it.
+ * - `lastKnownMaxAgeSeconds`: first reuse the user's last answer from billing if it is at most this old (the last
+ *   answers of up to 10,000 users are kept, whatever the client's own policy, so a call's policy can ask for them).
  * - `byReason`: for a reused answer that refused, per limit: "allow" to fail open (say messages_per_day), "deny" to
  *   keep the refusal (the default for every reason). */
 export interface Unavailable {
@@ -32,7 +32,6 @@ export class Degrader {
   constructor(readonly policy: Unavailable, private readonly logger: Pick<Console, "warn">) {}
 
   remember(userId: string, d: CheckDecision): void {
-    if (this.policy.lastKnownMaxAgeSeconds === undefined && this.known.size === 0) return; // nobody reuses them
     const { allowed, plan, reason, resetsAt, limits, overage } = d; // a reserve's, too, without its reservation
     this.known.delete(userId);
     this.known.set(userId, { at: performance.now(), decision: { allowed, plan, reason, resetsAt, limits, overage } });

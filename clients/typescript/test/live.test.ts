@@ -173,8 +173,9 @@ test("a decision's types: resetsAt is a Date and limits are keyed by wire name",
 });
 
 /** Every module a module imports, transitively: relative ones followed, bare ones (packages, node:*) collected. */
-async function importGraph(entry: string): Promise<{ files: string[]; bare: Set<string> }> {
+async function importGraph(entry: string): Promise<{ files: string[]; bare: Set<string>; code: string }> {
   const files: string[] = [];
+  let all = "";
   const bare = new Set<string>();
   const todo = [new URL(entry)];
   while (todo.length) {
@@ -182,19 +183,21 @@ async function importGraph(entry: string): Promise<{ files: string[]; bare: Set<
     if (files.includes(url.href)) continue;
     files.push(url.href);
     const code = await readFile(fileURLToPath(url), "utf8");
+    all += code;
     for (const m of code.matchAll(/(?:import|export)\s[^;]*?from\s*["']([^"']+)["']|import\(\s*["']([^"']+)["']|import\s*["']([^"']+)["']/g)) {
       const spec = (m[1] ?? m[2] ?? m[3])!;
       if (spec.startsWith(".")) todo.push(new URL(spec, url));
       else bare.add(spec);
     }
   }
-  return { files, bare };
+  return { files, bare, code: all };
 }
 
 test("the ./http entry imports no Node API and no NATS package (it bundles for edge runtimes)", async () => {
   const http = await importGraph(import.meta.resolve("@polar-billing/client/http"));
   assert.ok(http.files.some((f) => f.endsWith("/http-transport.js")) && http.files.some((f) => f.endsWith("/links.js")));
   assert.deepEqual([...http.bare], []);
+  assert.doesNotMatch(http.code, /\b(?:process|Buffer|global)\b\s*[.(]/); // nor Node's globals (ESM: no require)
   const main = await importGraph(import.meta.resolve("@polar-billing/client"));
   assert.deepEqual([...main.bare].sort(), ["@nats-io/jetstream", "@nats-io/transport-node"]); // the walk sees imports
 });

@@ -18,6 +18,7 @@ from .runtime import BillingRuntime
 log = logging.getLogger(__name__)
 
 WEBHOOKS = Counter("billing_webhooks_total", "Webhooks consumed, by outcome", ["outcome"])
+WEBHOOKS.labels("dead_lettered")  # at 0 from the start: an alert sees the first one
 
 
 async def mark_failed(msg: Msg, reason: str, rt: BillingRuntime) -> None:

@@ -31,6 +31,8 @@ from .runtime import UsageSyncRuntime
 log = logging.getLogger(__name__)
 
 BATCHES = Counter("usage_polar_batches_total", "events.ingest requests, by outcome", ["outcome"])
+for _outcome in ("ok", "rate_limited", "refused", "failed"):  # at 0 from the start: alerts see the first one
+    BATCHES.labels(_outcome)
 SENT = Counter("usage_polar_events_inserted_total", "Events Polar inserted")
 POLAR_DUPLICATES = Counter("usage_polar_duplicates_total", "Events Polar already had (a resend after a crash)")
 QUARANTINED = Counter("usage_polar_quarantined_total", "Events Polar refused, kept with its reason")

@@ -9,9 +9,10 @@
 - Parsing happens here, at the edge: `parse` turns a message into the handler's model or raises `Invalid(reason)`,
   and an invalid message is dead-lettered at once. The handler sees typed values only.
 - A handler that returns has committed its work: the message is acked. One that raises is settled by one policy
-  (shared.retry): transient faults are retried with backoff for as long as they last; `PermanentError`, or a fifth
-  failure, dead-letters the message (shared.messaging.dead_letters) and terminates it. In a batch, a failure that is
-  not transient re-runs the batch one message at a time, so one poison message never takes the others with it.
+  (shared.retry): transient faults are retried with backoff for as long as they last; other failures are retried
+  within a second; `PermanentError`, or a fifth failure, dead-letters the message (shared.messaging.dead_letters)
+  and terminates it. In a batch, a failure that is not transient re-runs the batch one message at a time, so one
+  poison message never takes the others with it.
 - The pull loop is nats-py's, not FastStream's: docs/messaging.md says why. One fetch per batch: it returns at once
   with what is there (up to the batch size) or waits for a first message, so batches grow with the load; up to
   `concurrency` batches are handled at once, so the next one is fetched and parsed while the last is in PostgreSQL.
@@ -47,6 +48,7 @@ CONSUMED = Counter("messaging_consumed_total", "Messages settled by a consumer, 
 HANDLING = Histogram("messaging_handling_seconds", "Time a handler took, per call (a batch is one call)",
                      ["consumer"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 IDLE_WAIT = 5.0  # how long one fetch waits for the first message
+RETRY_BASE = 0.05  # a failing message's retries: 0.05, 0.1, 0.2, 0.4 s, then the dead-letter store
 FETCH_TIMEOUTS = (nats.errors.TimeoutError, asyncio.TimeoutError)
 
 
@@ -182,8 +184,10 @@ class Running(Generic[T, R]):
             action = "dead_lettered"
             await self._dead(msg, error)
         else:
+            # Not an outage: a fault in this message, which waiting rarely cures. Retry at once-ish, so it holds the
+            # messages behind it for under a second before it is dead-lettered, not for seconds.
             action = "retry"
-            await msg.nak(delay=backoff(n))
+            await msg.nak(delay=backoff(n, base=RETRY_BASE))
         log.warning("consume.failed", extra={"consumer": self.c.name, "subject": msg.subject, "attempt": n,
                                              "action": action, "error": error[:500]})
         if action != "dead_lettered":

@@ -3,6 +3,7 @@ own (nothing else of this repository importable), against the whole backend as p
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
 import re
@@ -102,6 +103,10 @@ async def test_any_user_id_goes_through_usage_ledger_polar_and_the_status_page(c
             page = await http.get(url)
             assert page.status_code == 200, (user_id, page.status_code)
             assert "Free" in page.text and "42" in page.text
+        # The checkout Polar opened is for the user id exactly as the product spells it.
+        for user_id, url in seen["checkouts"].items():
+            page = await http.get(url)
+            assert page.status_code == 200 and html.escape(user_id) in page.text, (user_id, page.text[:500])
 
 
 async def test_with_billing_stopped_each_policy_does_what_it_says(client_python: Path, stack: ClientStack) -> None:

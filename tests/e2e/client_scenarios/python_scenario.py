@@ -90,8 +90,9 @@ async def ids() -> dict:
 
     assert await eventually(counted), "usage of the unusual ids never showed in status"
     pages = {u: client.status_page_url(u) for u in users}
+    checkouts = {u: (await client.checkout_url(u, "pro")).url for u in users}
     await client.close()
-    return {"pages": pages}
+    return {"pages": pages, "checkouts": checkouts}
 
 
 async def outage() -> dict:

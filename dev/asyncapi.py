@@ -28,6 +28,7 @@ from shared import topology
 RPC: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "check": (c.CheckRequest, c.CheckReply), "reserve": (c.ReserveRequest, c.ReserveReply),
     "release": (c.ReleaseRequest, c.ReleaseReply), "status": (c.StatusRequest, c.StatusReply),
+    "usage": (c.UsageQuery, c.UsageReport),
     "checkout": (c.CheckoutRequest, c.LinkReply), "portal": (c.PortalRequest, c.LinkReply),
 }
 CONTRACTS: list[type[BaseModel]] = list(dict.fromkeys(

@@ -50,6 +50,8 @@ class Plan(BaseModel):
     # None = every model; otherwise glob patterns, matched case-insensitively.
     models: tuple[str, ...] | None
     custom_keys: bool
+    # Usage analytics: breakdowns of any past period and the CSV export on the status page.
+    analytics: bool = False
 
     def allows_model(self, model: str) -> bool:
         if self.models is None:
@@ -94,6 +96,7 @@ TEAM = Plan(
     overage_cents_per_1k_tokens=1,
     models=None,
     custom_keys=True,
+    analytics=True,
 )
 
 PLANS: dict[PlanName, Plan] = {p.name: p for p in (FREE, PRO, TEAM)}

@@ -53,7 +53,11 @@ def parse(model: type[Req], body: bytes) -> Req:
         if err["type"] == "json_invalid":
             raise RpcError("invalid_request", "the request is not JSON") from None
         field = ".".join(str(p) for p in err["loc"]) or None
-        raise RpcError("invalid_request", f"{field}: {err['msg']}" if field else err["msg"], field=field) from None
+        message = err["msg"].removeprefix("Value error, ")
+        if field is None and ": " in message:  # a check across fields names its field first: "from: must be …"
+            field = message.split(": ", 1)[0]
+            raise RpcError("invalid_request", message, field=field) from None
+        raise RpcError("invalid_request", f"{field}: {message}" if field else message, field=field) from None
 
 
 @dataclass(frozen=True)

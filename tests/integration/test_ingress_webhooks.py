@@ -86,9 +86,9 @@ def _tamper(kind: str) -> tuple[bytes, dict[str, str]]:
     if kind == "tampered_body":
         return body.replace(b'"active"', b'"revoked"', 1), sign(SECRET, body)
     if kind == "stale":
-        return body, sign(SECRET, body, ts=time.time() - 301)
+        return body, sign(SECRET, body, ts=time.time() - 360)
     if kind == "future":
-        return body, sign(SECRET, body, ts=time.time() + 301)
+        return body, sign(SECRET, body, ts=time.time() + 360)
     headers = sign(SECRET, body)
     if kind == "malformed_signature_header":
         headers["webhook-signature"] = "garbage-without-a-comma"

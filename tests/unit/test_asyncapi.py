@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from dev import asyncapi
 
-VERBS = ("check", "reserve", "release", "status", "checkout", "portal")
+VERBS = ("check", "reserve", "release", "status", "usage", "checkout", "portal")
 WIRE_MODELS = [m for m in vars(contracts).values() if isinstance(m, type) and issubclass(m, BaseModel)
                and m.__module__ == contracts.__name__ and m not in (contracts.Contract, contracts.Answer)]
 EVENT = {"event_id": "evt_1", "user_id": "user_1", "thread_id": "thr_1", "model": "gpt-4o", "input_tokens": 120,

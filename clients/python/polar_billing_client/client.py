@@ -25,9 +25,9 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Literal, TypeVar
 
 import nats
@@ -55,6 +55,8 @@ from .contracts import (
     StatusRequest,
     SubscriptionChanged,
     UsageEvent,
+    UsageQuery,
+    UsageReport,
     UsageThreshold,
 )
 from .subjects import (
@@ -175,8 +177,8 @@ class BillingClient:
     # --- requests to billing ---------------------------------------------------------------------------------------
     async def _request(self, verb: str, req: BaseModel, reply_type: type[R], timeout: float | None) -> R:
         try:
-            msg = await self.nc.request(rpc_subject(verb), req.model_dump_json(exclude_none=True).encode(),
-                                        timeout=timeout or self.timeout)
+            body = req.model_dump_json(exclude_none=True, by_alias=True).encode()
+            msg = await self.nc.request(rpc_subject(verb), body, timeout=timeout or self.timeout)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
             raise BillingUnavailable(f"billing.rpc.{verb}: {type(exc).__name__}") from exc
         if msg.data.startswith(b'{"error"'):
@@ -255,6 +257,15 @@ class BillingClient:
 
     async def status(self, user_id: str, *, timeout: float | None = None) -> StatusReply:
         return await self._request("status", StatusRequest(user_id=user_id), StatusReply, timeout)
+
+    async def usage(self, user_id: str, *, from_: date | None = None, to: date | None = None,
+                    group_by: Sequence[str] = (), limit: int | None = None,
+                    timeout: float | None = None) -> UsageReport:
+        """Where the user's tokens went, and what they cost: by day, model and / or thread (at most two), UTC days
+        from `from_` (included) to `to` (not), by default the current billing period; `limit`: the top N models or
+        threads by tokens, the rest as "other". Empty days are present as zeros."""
+        req = UsageQuery(user_id=user_id, from_=from_, to=to, group_by=list(group_by), limit=limit)
+        return await self._request("usage", req, UsageReport, timeout)
 
     async def checkout_url(self, user_id: str, plan: str, *, success_url: str | None = None,
                            return_url: str | None = None, timeout: float | None = None) -> LinkReply:

@@ -1,9 +1,10 @@
 """Message contracts between services and with the chat service. JSON on the wire; these models are the schema."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 
 class Contract(BaseModel):
@@ -92,6 +93,59 @@ class CheckoutRequest(Contract):
 class PortalRequest(Contract):
     user_id: str = Field(min_length=1, max_length=256)
     return_url: str | None = Field(None, max_length=2000)
+
+
+MAX_USAGE_DAYS = 400
+
+
+class UsageQuery(Contract):
+    """`billing.rpc.usage`: where a user's tokens went. Days are UTC; `from` is included, `to` is not; both default
+    to the days of the current billing period."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    user_id: str = Field(min_length=1, max_length=256)
+    from_: date | None = Field(None, alias="from")
+    to: date | None = None
+    group_by: list[Literal["day", "model", "thread"]] = Field(default_factory=list, max_length=2)
+    limit: int | None = Field(None, ge=1, le=100)  # top N models / threads by tokens; the rest as "other"
+
+    @model_validator(mode="after")
+    def _range(self) -> UsageQuery:
+        if len(set(self.group_by)) != len(self.group_by):
+            raise ValueError("group_by: each of day, model, thread at most once")
+        if self.from_ is not None and self.to is not None:
+            if self.from_ >= self.to:
+                raise ValueError("from: must be before to")
+            if (self.to - self.from_).days > MAX_USAGE_DAYS:
+                raise ValueError(f"to: a range is at most {MAX_USAGE_DAYS} days")
+        return self
+
+
+class UsageSums(Answer):
+    events: int
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    billable_tokens: int
+    cost_usd: float | None  # of the priced events; None when none of them has a known price
+    unpriced_events: int  # events of a model without a price in the catalog
+
+
+class UsageRow(UsageSums):
+    day: date | None = None
+    model: str | None = None  # "other": the models past the query's limit
+    thread_id: str | None = None  # "other": the threads past the query's limit
+
+
+class UsageReport(Answer):
+    from_: date = Field(alias="from")
+    to: date
+    currency: str = "usd"
+    totals: UsageSums
+    rows: list[UsageRow]
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
 
 
 class LimitState(Answer):

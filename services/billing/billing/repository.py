@@ -3,7 +3,7 @@ webhook_log, billing_outbox and usage_reservations (docs/architecture.md); it re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -342,3 +342,21 @@ async def credits_granted(conn: asyncpg.Connection, user_id: str) -> int:
     """Meter credits of the user's live grants (credited per period)."""
     return int(await conn.fetchval(
         "SELECT coalesce(sum(units), 0) FROM meter_credits WHERE user_id = $1 AND revoked_at IS NULL", user_id))
+
+
+# --- usage analytics (usage-sync's rollups, read only) ------------------------------------------------------------
+async def usage_sums(conn: asyncpg.Connection, user_id: str, start: date, end: date, *, by_day: bool,
+                     by_model: bool, by_thread: bool) -> list[asyncpg.Record]:
+    """The user's usage from `start` to `end` (UTC days, end excluded), summed over the dimensions not asked for
+    (a NULL day / model / thread_id in a row means "all")."""
+    return await conn.fetch(
+        """SELECT CASE WHEN $4 THEN day END AS day, CASE WHEN $5 THEN model END AS model,
+                  CASE WHEN $6 THEN thread_id END AS thread_id,
+                  sum(events)::bigint AS events, sum(input_tokens)::bigint AS input_tokens,
+                  sum(output_tokens)::bigint AS output_tokens, sum(cached_input_tokens)::bigint AS cached_input_tokens,
+                  sum(billable_tokens)::bigint AS billable_tokens, sum(cost_micro_usd)::bigint AS cost_micro_usd,
+                  sum(priced_events)::bigint AS priced_events
+           FROM usage_rollups WHERE user_id = $1 AND day >= $2 AND day < $3
+           GROUP BY 1, 2, 3""",
+        user_id, start, end, by_day, by_model, by_thread,
+    )

@@ -23,12 +23,15 @@ from polar_billing_client.contracts import (
     ReserveRequest,
     StatusReply,
     StatusRequest,
+    UsageQuery,
+    UsageReport,
 )
 
 from shared import polar
 from shared.messaging.rpc import Endpoint, RpcError, endpoint
 from shared.plans import LimitName
 
+from . import analytics
 from . import repository as repo
 from .limits import UserState, evaluate
 from .runtime import BillingRuntime
@@ -90,6 +93,23 @@ async def status(req: StatusRequest, rt: BillingRuntime) -> StatusReply:
     )
 
 
+# --- usage analytics ----------------------------------------------------------------------------------------------
+@endpoint("usage", UsageQuery)
+async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport:
+    """From usage-sync's daily rollups, never the ledger: a year of history is a few thousand rows at most."""
+    now = rt.now()
+    async with rt.pool.acquire() as conn:
+        state = UserState.from_row(await repo.user_state(conn, req.user_id, now, None))
+        period = evaluate(state, CheckRequest(user_id=req.user_id), rt.catalog, now).period
+        try:
+            start, end = analytics.date_range(req.from_, req.to, period)
+        except analytics.BadRange as exc:
+            raise RpcError("invalid_request", str(exc), field=exc.field) from None
+        rows = await repo.usage_sums(conn, req.user_id, start, end, by_day="day" in req.group_by,
+                                     by_model="model" in req.group_by, by_thread="thread" in req.group_by)
+    return analytics.report(rows, start, end, req.group_by, req.limit)
+
+
 # --- links through Polar --------------------------------------------------------------------------------------
 def polar_of(rt: BillingRuntime) -> PolarAsync:
     if rt.polar is None:
@@ -146,4 +166,4 @@ async def portal(req: PortalRequest, rt: BillingRuntime) -> LinkReply:
     return LinkReply(url=s.customer_portal_url, expires_at=s.expires_at)
 
 
-ENDPOINTS: tuple[Endpoint[Any, BillingRuntime], ...] = (check, reserve, release, status, checkout, portal)
+ENDPOINTS: tuple[Endpoint[Any, BillingRuntime], ...] = (check, reserve, release, status, usage, checkout, portal)

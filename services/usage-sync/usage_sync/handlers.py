@@ -49,7 +49,7 @@ async def count_dead(msg: Msg, reason: str, rt: UsageSyncRuntime) -> None:
 async def on_usage_batch(events: list[UsageEvent], rt: UsageSyncRuntime) -> None:
     """Record the batch in one transaction; the consumer acks the messages once it returns."""
     async with rt.pool.acquire() as conn:
-        result = await ledger.record(conn, events, rt.stored_thresholds)
+        result = await ledger.record(conn, events, rt.stored_thresholds, rt.prices)
     if len(rt.stored_thresholds) > MAX_REMEMBERED_THRESHOLDS:
         rt.stored_thresholds.clear()
     rt.stored_thresholds.update(result.thresholds)

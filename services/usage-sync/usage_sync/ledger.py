@@ -7,17 +7,19 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 from polar_billing_client.contracts import UsageEvent
 
 from shared.periods import Period, billing_period, day_of
 from shared.plans import PLANS, LimitName, PlanName
+from shared.prices import PriceCatalog
 
 from . import repository as repo
 
 log = logging.getLogger(__name__)
+DEFAULT_PRICES = PriceCatalog.load()
 
 
 @dataclass
@@ -75,8 +77,8 @@ class Periods:
         return self._days[hour]
 
 
-async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thresholds: set[tuple] | None = None
-                 ) -> Recorded:
+async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thresholds: set[tuple] | None = None,
+                 prices: PriceCatalog = DEFAULT_PRICES) -> Recorded:
     """Ledger rows, counters, threads and reservations of one batch, in one transaction.
 
     `stored_thresholds`: crossings this process already saw committed (user, limit, period start, percent); they are
@@ -86,11 +88,15 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thre
         unique.setdefault(e.event_id, e)  # a repeat inside the batch is a duplicate like any other
     async with conn.transaction():
         paid = await repo.paid_periods(conn, sorted({e.user_id for e in unique.values()}))
+        costs = {e.event_id: prices.cost_micro_usd(e.model, e.occurred_at, e.input_tokens, e.cached_input_tokens,
+                                                   e.output_tokens) for e in unique.values()}
         inserted = await repo.insert_events(conn, [
             (e.event_id, e.user_id, e.thread_id, e.model, e.input_tokens, e.output_tokens, e.cached_input_tokens,
-             e.custom_key, e.billable_tokens, e.reservation_id, e.occurred_at)
+             e.custom_key, e.billable_tokens, e.reservation_id, e.occurred_at, costs[e.event_id],
+             prices.version if costs[e.event_id] is not None else None)
             for e in sorted(unique.values(), key=lambda e: e.event_id)  # one lock order for concurrent batches
         ])
+        rollups: dict[tuple[str, date, str, str], list[int]] = {}
         deltas: dict[tuple[str, str, datetime, datetime], int] = defaultdict(int)
         threads: list[tuple[str, datetime, str]] = []
         period_end: dict[tuple[str, datetime], datetime] = {}
@@ -105,12 +111,18 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thre
             d_start, d_end = periods.day(e.occurred_at)
             deltas[(e.user_id, LimitName.MESSAGES_PER_DAY.value, d_start, d_end)] += 1
             threads.append((e.user_id, start, e.thread_id))
+            cost = costs[e.event_id]
+            sums = rollups.setdefault((e.user_id, d_start.date(), e.model, e.thread_id), [0] * 7)
+            for i, v in enumerate((1, e.input_tokens, e.output_tokens, e.cached_input_tokens, e.billable_tokens,
+                                   cost or 0, cost is not None)):
+                sums[i] += int(v)
             period_end[(e.user_id, start)] = end
             if e.reservation_id:
                 reservations.append(e.reservation_id)
         for user_id, start in await repo.add_threads(conn, threads):
             deltas[(user_id, LimitName.THREADS_PER_MONTH.value, start, period_end[(user_id, start)])] += 1
         counters = await repo.add_to_counters(conn, deltas)
+        await repo.add_to_rollups(conn, rollups)
         crossed = [c for c in crossings(counters, {u: plan for u, (plan, _) in paid.items()})
                    if stored_thresholds is None or c[:4] not in stored_thresholds]
         await repo.add_thresholds(conn, crossed)

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, cast
 
 import asyncpg
@@ -65,11 +66,12 @@ def vendor_of(model: str) -> str:
 
 def to_polar(row: asyncpg.Record, event_name: str, now: datetime) -> dict[str, Any]:
     """Our ledger row as a Polar event. `total_tokens` is what the plan bills (0 when the user's own key paid);
-    `_llm` keeps the call's real numbers. The timestamp is never in the future: Polar refuses those."""
+    `_llm` keeps the call's real numbers, `_cost` its list price when the model has one. The timestamp is never in
+    the future: Polar refuses those."""
     total = row["input_tokens"] + row["output_tokens"]
     billable = 0 if row["custom_key"] else total
     ts = min(row["occurred_at"], now - timedelta(seconds=2))
-    return {
+    event = {
         "name": event_name,
         "external_customer_id": row["user_id"],
         "external_id": row["event_id"],
@@ -84,6 +86,10 @@ def to_polar(row: asyncpg.Record, event_name: str, now: datetime) -> dict[str, A
                      "total_tokens": total},
         },
     }
+    cost = row.get("cost_micro_usd")
+    if cost is not None:  # Polar's cost views: the list price of the call, in cents (docs/polar.md §8)
+        event["metadata"]["_cost"] = {"amount": str(Decimal(cost) / 10_000), "currency": "usd"}
+    return event
 
 
 def refused_events(detail: list[tuple[tuple[str | int, ...], str]], size: int) -> dict[int, str]:

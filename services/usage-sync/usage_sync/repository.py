@@ -5,7 +5,7 @@ usage_thresholds; it settles billing's usage_reservations in the ledger's transa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -27,20 +27,45 @@ async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
     """Ledger rows (event_id, user_id, thread_id, model, input, output, cached, custom_key, billable,
-    reservation_id, occurred_at); returns the ids actually inserted (a repeat is not)."""
+    reservation_id, occurred_at, cost_micro_usd, price_version); returns the ids actually inserted (a repeat is not)."""
     if not rows:
         return set()
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=True))
     inserted = await conn.fetch(
         """INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens,
-                                     cached_input_tokens, custom_key, billable_tokens, reservation_id, occurred_at)
+                                     cached_input_tokens, custom_key, billable_tokens, reservation_id, occurred_at,
+                                     cost_micro_usd, price_version)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                $7::bigint[], $8::bool[], $9::bigint[], $10::text[], $11::timestamptz[])
+                                $7::bigint[], $8::bool[], $9::bigint[], $10::text[], $11::timestamptz[],
+                                $12::bigint[], $13::text[])
            ON CONFLICT (event_id) DO NOTHING
            RETURNING event_id""",
         *cols,
     )
     return {r["event_id"] for r in inserted}
+
+
+async def add_to_rollups(conn: asyncpg.Connection, sums: dict[tuple[str, date, str, str], list[int]]) -> None:
+    """(user, day, model, thread) += (events, input, output, cached, billable, cost µ$, priced events), in key order
+    so concurrent batches lock rows in the same order."""
+    if not sums:
+        return
+    keys = sorted(sums)
+    columns = list(zip(*(sums[k] for k in keys), strict=True))
+    await conn.execute(
+        """INSERT INTO usage_rollups AS r (user_id, day, model, thread_id, events, input_tokens, output_tokens,
+                                           cached_input_tokens, billable_tokens, cost_micro_usd, priced_events)
+           SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                                $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+           ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET
+               events = r.events + EXCLUDED.events, input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+               output_tokens = r.output_tokens + EXCLUDED.output_tokens,
+               cached_input_tokens = r.cached_input_tokens + EXCLUDED.cached_input_tokens,
+               billable_tokens = r.billable_tokens + EXCLUDED.billable_tokens,
+               cost_micro_usd = r.cost_micro_usd + EXCLUDED.cost_micro_usd,
+               priced_events = r.priced_events + EXCLUDED.priced_events""",
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys], *columns,
+    )
 
 
 async def add_threads(conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime, str]]) -> list[tuple[str, datetime]]:
@@ -121,7 +146,8 @@ async def settle_reservations(conn: asyncpg.Connection, reservation_ids: Sequenc
 async def take_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     """Unsynced rows, locked for this transaction: another usage-sync process skips them."""
     return await conn.fetch(
-        """SELECT event_id, user_id, model, input_tokens, output_tokens, cached_input_tokens, occurred_at, custom_key
+        """SELECT event_id, user_id, model, input_tokens, output_tokens, cached_input_tokens, occurred_at, custom_key,
+                  cost_micro_usd
            FROM usage_events WHERE sync_status = 'pending'
            ORDER BY received_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED""",
         limit,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from polar.v2026_10 import PolarAsync
 
 from shared import polar
+from shared.prices import PriceCatalog
 from shared.runtime import Connections, Runtime
 
 from .settings import UsageSyncSettings
@@ -17,6 +18,7 @@ POLAR_TIMEOUT = 10.0  # an ingest batch of up to 1 MB
 @dataclass(kw_only=True)
 class UsageSyncRuntime(Runtime[UsageSyncSettings]):
     polar: PolarAsync | None  # None: POLAR_ACCESS_TOKEN unset; usage is recorded and kept unsynced
+    prices: PriceCatalog  # what each event cost, at list price
     # Threshold crossings this process saw committed, so a user past 80 % is not re-sent with every batch
     # (the table's key is what keeps each once; this set only saves work, and is emptied when it grows).
     stored_thresholds: set[tuple] = field(default_factory=set)
@@ -25,7 +27,8 @@ class UsageSyncRuntime(Runtime[UsageSyncSettings]):
 def build(settings: UsageSyncSettings) -> Callable[[Connections], Awaitable[UsageSyncRuntime]]:
     async def runtime(conns: Connections) -> UsageSyncRuntime:
         return UsageSyncRuntime(**conns.fields(), settings=settings,
-                                polar=polar.make_client(settings, timeout=POLAR_TIMEOUT))
+                                polar=polar.make_client(settings, timeout=POLAR_TIMEOUT),
+                                prices=PriceCatalog.load(settings.model_prices_file))
     return runtime
 
 

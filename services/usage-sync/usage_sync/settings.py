@@ -1,5 +1,8 @@
-from pydantic import Field
+from pathlib import Path
 
+from pydantic import Field, field_validator
+
+from shared.prices import PriceCatalog
 from shared.settings import PolarSettings, ServiceSettings
 
 
@@ -14,3 +17,17 @@ class UsageSyncSettings(ServiceSettings, PolarSettings):
     polar_ingest_batch_size: int = Field(1000, ge=1, le=5000)
     polar_flush_interval_seconds: float = Field(1.0, gt=0, le=2)
     polar_max_requests_per_second: float = Field(5.0, gt=0, le=8)
+    # A JSON price file whose entries take precedence over the built-in catalog (shared/prices.py says the format).
+    model_prices_file: Path | None = None
+
+    @field_validator("model_prices_file", mode="before")
+    @classmethod
+    def _prices(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        if v is not None:
+            try:
+                PriceCatalog.load(Path(str(v)))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot be used as a price file: {type(exc).__name__}") from None
+        return v

@@ -21,11 +21,12 @@ from polar_billing_client import contracts as c
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-REQUESTS: list[type[BaseModel]] = [c.UsageEvent, c.CheckRequest, c.ReserveRequest, c.ReleaseRequest, c.StatusRequest,
-                                   c.CheckoutRequest, c.PortalRequest]
-ANSWERS: list[type[BaseModel]] = [c.CheckReply, c.ReserveReply, c.ReleaseReply, c.StatusReply, c.LinkReply,
-                                  c.LimitState, c.Credits, c.Degraded, c.ErrorReply, c.ErrorBody, c.SubscriptionChanged,
-                                  c.UsageThreshold]
+# Every contract of the module, so a new one cannot be forgotten: requests (Contract) as billing validates them,
+# answers and events (Answer) as billing sends them.
+_MODELS = [m for m in vars(c).values() if isinstance(m, type) and issubclass(m, BaseModel)
+           and m.__module__ == c.__name__ and m not in (c.Contract, c.Answer)]
+REQUESTS: list[type[BaseModel]] = [m for m in _MODELS if issubclass(m, c.Contract)]
+ANSWERS: list[type[BaseModel]] = [m for m in _MODELS if issubclass(m, c.Answer)]
 
 
 def schema() -> dict[str, Any]:

@@ -151,4 +151,19 @@ async def test_the_served_openapi_document_is_the_committed_one(http: httpx.Asyn
     served = (await http.get("/v1/openapi.json")).json()
     assert served == json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert set(served["paths"]) == {"/v1/usage", "/v1/check", "/v1/reserve", "/v1/release", "/v1/status/{user_id}",
-                                    "/v1/checkout", "/v1/portal"}
+                                    "/v1/usage/{user_id}", "/v1/checkout", "/v1/portal"}
+
+
+async def test_the_usage_report_over_http_equals_the_one_over_nats(http: httpx.AsyncClient, stack: ClientStack) -> None:
+    user = "org.42/user 7 é"
+    nats_client = await BillingClient.connect(stack.nats_url)
+    try:
+        over_nats = await nats_client.usage(user, group_by=["day", "model"], limit=3)
+    finally:
+        await nats_client.close()
+    r = await http.get(f"/v1/usage/{quote(user, safe='')}", params={"group_by": "day,model", "limit": "3"})
+    assert r.status_code == 200 and r.json() == json.loads(over_nats.model_dump_json())
+    bad = await http.get(f"/v1/usage/{quote(user, safe='')}", params={"from": "2026-03-01", "to": "2026-02-01"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "from"
+    week = await http.get(f"/v1/usage/{quote(user, safe='')}", params={"group_by": "week"})
+    assert week.status_code == 400 and week.json()["error"]["field"] == "group_by.0"

@@ -123,6 +123,11 @@ export class BillingClient {
     return t.status(await this.request("status", body, options.timeoutMs) as wire.StatusReply);
   }
 
+  /** Where the user's tokens went and what they cost (usage-sync's daily rollups): by day, model and / or thread. */
+  async usage(query: t.UsageQuery, options: CallOptions = {}): Promise<t.UsageReport> {
+    return t.usageReport(await this.request("usage", t.usageQuery(query), options.timeoutMs) as wire.UsageReport);
+  }
+
   /** A Polar checkout link for a plan. */
   async checkoutUrl(request: t.CheckoutRequest, options: CallOptions = {}): Promise<t.Link> {
     return t.link(await this.request("checkout", t.toWire<wire.CheckoutRequest>(request),

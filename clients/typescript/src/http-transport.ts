@@ -61,6 +61,16 @@ export class HttpTransport implements Transport {
       const { user_id } = body as wire.StatusRequest;
       return this.call("GET", `/v1/status/${encodeURIComponent(user_id)}`, undefined, timeoutMs);
     }
+    if (verb === "usage") { // POST /v1/usage records usage; the report is a GET
+      const { user_id, from, to, group_by, limit } = body as wire.UsageQuery;
+      const query = new URLSearchParams();
+      if (from) query.set("from", from);
+      if (to) query.set("to", to);
+      if (group_by?.length) query.set("group_by", group_by.join(","));
+      if (limit) query.set("limit", String(limit));
+      const q = query.toString();
+      return this.call("GET", `/v1/usage/${encodeURIComponent(user_id)}${q ? `?${q}` : ""}`, undefined, timeoutMs);
+    }
     return this.call("POST", `/v1/${verb}`, body, timeoutMs);
   }
 

@@ -1,7 +1,7 @@
 import type * as wire from "./wire.js";
 import type { BillingEvent } from "./types.js";
 
-export type Verb = "check" | "reserve" | "release" | "status" | "checkout" | "portal";
+export type Verb = "check" | "reserve" | "release" | "status" | "usage" | "checkout" | "portal";
 
 /** How the client reaches billing. A transport answers with the wire reply, or throws BillingError (billing's error
  * reply) or BillingUnavailable (no answer in time). */

@@ -41,6 +41,31 @@ export type SubscriptionChanged = { type: "subscription.changed" } &
 export type UsageThreshold = { type: "usage.threshold" } & Camel<wire.UsageThreshold, "resets_at">;
 export type BillingEvent = SubscriptionChanged | UsageThreshold;
 /** trackUsage's answer: the event id (keep it to retry) and whether billing already had it. */
+export type UsageGrouping = "day" | "model" | "thread";
+/** Where the user's tokens went: UTC days, `from` included and `to` not (YYYY-MM-DD), by default the current billing
+ * period; grouped by up to two of day, model, thread; `limit`: the top N models or threads, the rest as "other". */
+export type UsageQuery = { userId: string; from?: string; to?: string; groupBy?: UsageGrouping[]; limit?: number };
+export type UsageSums = Camel<wire.UsageSums>;
+export type UsageRow = Camel<wire.UsageRow>;
+export type UsageReport = { from: string; to: string; currency: string; totals: UsageSums; rows: UsageRow[] };
+
+export function usageQuery(q: UsageQuery): wire.UsageQuery {
+  return { user_id: q.userId, from: q.from ?? null, to: q.to ?? null,
+           group_by: (q.groupBy ?? []) as wire.UsageQuery["group_by"], limit: q.limit ?? null };
+}
+
+function usageSums(w: wire.UsageSums): UsageSums {
+  return { events: w.events, inputTokens: w.input_tokens, outputTokens: w.output_tokens,
+           cachedInputTokens: w.cached_input_tokens, billableTokens: w.billable_tokens, costUsd: w.cost_usd,
+           unpricedEvents: w.unpriced_events };
+}
+
+export function usageReport(w: wire.UsageReport): UsageReport {
+  return { from: w.from, to: w.to, currency: w.currency ?? "usd", totals: usageSums(w.totals),
+           rows: w.rows.map(r => ({ ...usageSums(r), day: r.day ?? null, model: r.model ?? null,
+                                    threadId: r.thread_id ?? null })) };
+}
+
 export type TrackedUsage = { eventId: string; duplicate: boolean };
 
 // --- mappings ----------------------------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ export type Contract =
   | StatusRequest
   | SubscriptionChanged
   | UsageEvent
+  | UsageQuery
+  | UsageReport
+  | UsageRow
+  | UsageSums
   | UsageThreshold;
 
 export interface CheckReply {
@@ -152,6 +156,48 @@ export interface UsageEvent {
   custom_key?: boolean;
   occurred_at: string;
   reservation_id?: string | null;
+}
+/**
+ * `billing.rpc.usage`: where a user's tokens went. Days are UTC; `from` is included, `to` is not; both default
+ * to the days of the current billing period.
+ */
+export interface UsageQuery {
+  user_id: string;
+  from?: string | null;
+  to?: string | null;
+  /**
+   * @maxItems 2
+   */
+  group_by?: [] | ["day" | "model" | "thread"] | ["day" | "model" | "thread", "day" | "model" | "thread"];
+  limit?: number | null;
+}
+export interface UsageReport {
+  from: string;
+  to: string;
+  currency?: string;
+  totals: UsageSums;
+  rows: UsageRow[];
+}
+export interface UsageSums {
+  events: number;
+  input_tokens: number;
+  output_tokens: number;
+  cached_input_tokens: number;
+  billable_tokens: number;
+  cost_usd: number | null;
+  unpriced_events: number;
+}
+export interface UsageRow {
+  events: number;
+  input_tokens: number;
+  output_tokens: number;
+  cached_input_tokens: number;
+  billable_tokens: number;
+  cost_usd: number | null;
+  unpriced_events: number;
+  day?: string | null;
+  model?: string | null;
+  thread_id?: string | null;
 }
 /**
  * `billing.event.usage.threshold`: usage crossed 80 % or 100 % of a limit in a period (once each).

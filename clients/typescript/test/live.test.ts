@@ -148,6 +148,24 @@ for (const transport of TRANSPORTS) {
                            (err: unknown) => err instanceof BillingError && err.field === "input_tokens");
     });
 
+    test("usage() reports the tracked events by model, with their tokens and cost", async () => {
+      const userId = freshUser("usage");
+      for (const model of ["gpt-4o", "gpt-4o", "my-own-finetune"]) {
+        await client.trackUsage({ userId, threadId: "t-usage", model, inputTokens: 1000, outputTokens: 500 });
+      }
+      const report = await eventually("usage report", () => client.usage({ userId, groupBy: ["model"] }),
+                                      (r) => r.totals.events === 3);
+      assert.match(report.from, /^\d{4}-\d{2}-\d{2}$/);
+      const byModel = Object.fromEntries(report.rows.map((r) => [r.model, r]));
+      assert.equal(byModel["gpt-4o"].events, 2);
+      assert.equal(byModel["gpt-4o"].billableTokens, 3000);
+      assert.equal(byModel["gpt-4o"].costUsd, 0.015); // 2 x (1000 x $2.50 + 500 x $10) per million
+      assert.equal(byModel["my-own-finetune"].costUsd, null); // no list price: never 0, counted
+      assert.equal(report.totals.unpricedEvents, 1);
+      await assert.rejects(client.usage({ userId, from: "2026-03-01", to: "2026-02-01" }),
+                           (err: unknown) => err instanceof BillingError && err.field === "from");
+    });
+
     test("checkoutUrl answers a Polar checkout link", async () => {
       const link = await client.checkoutUrl({ userId: freshUser("checkout"), plan: "pro",
                                               successUrl: "https://chat.example/success" });

@@ -33,6 +33,8 @@ from polar_billing_client.contracts import (
     ReserveRequest,
     StatusReply,
     UsageEvent,
+    UsageQuery,
+    UsageReport,
 )
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -68,12 +70,15 @@ def error(code: str, message: str, *, field: str | None = None, retry_after: int
     return JSONResponse(body.model_dump(exclude_none=True), status_code=STATUS.get(code, 500), headers=headers)
 
 
-def _invalid(exc: ValidationError, prefix: str = "") -> JSONResponse:
+def _invalid(exc: ValidationError) -> JSONResponse:
     err = exc.errors(include_url=False, include_input=False)[0]
     if err["type"] == "json_invalid":
         return error("invalid_request", "the body is not JSON")
-    field = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"])) or None
-    return error("invalid_request", f"{field}: {err['msg']}" if field else err["msg"], field=field)
+    field = ".".join(str(p) for p in err["loc"]) or None
+    message = err["msg"].removeprefix("Value error, ")
+    if field is None and ": " in message:  # a check across fields names its field first (as billing.rpc does)
+        return error("invalid_request", message, field=message.split(": ", 1)[0])
+    return error("invalid_request", f"{field}: {message}" if field else message, field=field)
 
 
 def _authorized(rt: IngressRuntime, request: Request) -> JSONResponse | None:
@@ -196,6 +201,23 @@ async def status(request: Request, rt: IngressRuntime, body: bytes) -> Response:
 
 
 @endpoint
+async def usage_report(request: Request, rt: IngressRuntime, body: bytes) -> Response:
+    q = request.query_params
+    raw: dict[str, Any] = {"user_id": request.path_params["user_id"]}
+    for key in ("from", "to", "limit"):
+        if q.get(key):
+            raw[key] = q[key]
+    if q.get("group_by"):
+        raw["group_by"] = [g.strip() for g in q["group_by"].split(",") if g.strip()]
+    try:
+        query = UsageQuery.model_validate(raw)
+    except ValidationError as exc:
+        return _invalid(exc)
+    return _reply(await rt.billing.usage(query.user_id, from_=query.from_, to=query.to, group_by=query.group_by,
+                                         limit=query.limit))
+
+
+@endpoint
 async def checkout(request: Request, rt: IngressRuntime, body: bytes) -> Response:
     return await _ask(body, CheckoutRequest, lambda r, c: c.checkout_url(**r.model_dump()), rt)
 
@@ -216,6 +238,9 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], s
     ("post", "/v1/reserve", "reserve", ReserveRequest, ReserveReply, "Check and hold an estimate, atomically."),
     ("post", "/v1/release", "release", ReleaseRequest, ReleaseReply, "Release a reservation that will not be used."),
     ("get", "/v1/status/{user_id}", "status", None, StatusReply, "Plan, subscription, limits and credits."),
+    ("get", "/v1/usage/{user_id}", "usage", None, UsageReport,
+     ("Where the user's tokens went and what they cost: ?from=YYYY-MM-DD&to=YYYY-MM-DD (UTC days, to excluded; "
+     "default: the current billing period)&group_by=day,model|thread (up to two)&limit=N (top N, rest as other).")),
     ("post", "/v1/checkout", "checkout", CheckoutRequest, LinkReply, "A Polar checkout link for a plan."),
     ("post", "/v1/portal", "portal", PortalRequest, LinkReply,
      "A Polar customer-portal link (it holds a bearer token: redirect to it, never log it)."),
@@ -246,6 +271,13 @@ def openapi() -> dict[str, Any]:
         else:
             op["parameters"] = [{"name": "user_id", "in": "path", "required": True,
                                  "description": "the user id, percent-encoded", "schema": {"type": "string"}}]
+            if op_id == "usage":
+                op["parameters"] += [
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    {"name": "group_by", "in": "query", "description": "comma-separated: day, model, thread",
+                     "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]
         paths[path] = {method: op}
     return {"openapi": "3.1.0",
             "info": {"title": "Polar billing backend: the chat service's API", "version": "1",
@@ -269,6 +301,7 @@ ROUTES = [
     Route("/v1/reserve", reserve, methods=["POST"]),
     Route("/v1/release", release, methods=["POST"]),
     Route("/v1/status/{user_id:path}", status, methods=["GET"]),
+    Route("/v1/usage/{user_id:path}", usage_report, methods=["GET"]),
     Route("/v1/checkout", checkout, methods=["POST"]),
     Route("/v1/portal", portal, methods=["POST"]),
 ]

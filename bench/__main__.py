@@ -1,7 +1,7 @@
 """make bench: every benchmark, each beside its raw baseline in the same run. `make bench BENCH=usage` runs one."""
 import os
 
-from bench import check_latency, ingress, messaging, usage_ingest
+from bench import check_latency, ingress, messaging, usage_ingest, usage_query
 
 if __name__ == "__main__":
     which = os.environ.get("BENCH", "all")
@@ -13,3 +13,5 @@ if __name__ == "__main__":
         check_latency.main()
     if which in ("all", "messaging"):
         messaging.main()
+    if which in ("all", "usage_query"):
+        usage_query.main()

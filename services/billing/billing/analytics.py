@@ -3,11 +3,11 @@ the one read (repository.usage_sums), so the grouping rules are tested without a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 
-from polar_billing_client.contracts import MAX_USAGE_DAYS, UsageReport, UsageRow, UsageSums
+from polar_billing_client.contracts import MAX_USAGE_DAYS, UsageReport
 
 from shared.periods import Period
 
@@ -39,18 +39,18 @@ def date_range(from_: date | None, to: date | None, period: Period) -> tuple[dat
     return start, end
 
 
-def _sums(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    out = dict.fromkeys((*SUMS, "cost_micro_usd", "priced_events"), 0)
-    for r in rows:
-        for k in out:
-            out[k] += int(r[k])
-    return out
+FIELDS = (*SUMS, "cost_micro_usd", "priced_events")
 
 
-def _as_sums(s: Mapping[str, int]) -> dict[str, Any]:
-    return {**{k: s[k] for k in SUMS},
-            "cost_usd": round(s["cost_micro_usd"] / 1_000_000, 6) if s["priced_events"] else None,
-            "unpriced_events": s["events"] - s["priced_events"]}
+def _add(into: list[int], r: Mapping[str, Any]) -> None:
+    for i, f in enumerate(FIELDS):
+        into[i] += r[f]
+
+
+def _as_sums(s: Sequence[int]) -> dict[str, Any]:
+    events, cost, priced = s[0], s[5], s[6]
+    return {**dict(zip(SUMS, s[:5], strict=True)), "cost_usd": round(cost / 1_000_000, 6) if priced else None,
+            "unpriced_events": events - priced}
 
 
 def report(rows: Sequence[Mapping[str, Any]], start: date, end: date, group_by: Sequence[str],
@@ -64,27 +64,34 @@ def report(rows: Sequence[Mapping[str, Any]], start: date, end: date, group_by: 
     if limit is not None and ranked:
         tokens: dict[tuple[Any, ...], int] = defaultdict(int)
         for r in rows:
-            tokens[tuple(r[k] for k in ranked)] += int(r["input_tokens"]) + int(r["output_tokens"])
+            tokens[tuple(r[k] for k in ranked)] += r["input_tokens"] + r["output_tokens"]
         keep = set(sorted(tokens, key=lambda k: (-tokens[k], str(k)))[:limit])
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    total = [sum(r[f] for r in rows) for f in FIELDS]
+    by_day = "day" in keys
     for r in rows:
         named = tuple(r[k] for k in ranked)
         if keep is not None and named not in keep:
             named = tuple(OTHER for _ in ranked)
-        groups[(r["day"] if "day" in keys else None, *named)].append(r)
-    if "day" in keys:
+        key = (r["day"] if by_day else None, *named)
+        if keep is None:  # the database grouped exactly these keys: one row each
+            groups[key] = [r[f] for f in FIELDS]
+        else:
+            _add(groups.setdefault(key, [0] * len(FIELDS)), r)
+    if by_day:
         seen = {k[0] for k in groups}
         day = start
         while day < end:
             if day not in seen:
-                groups[(day, *(None for _ in ranked))] = []
+                groups[(day, *(None for _ in ranked))] = [0] * len(FIELDS)
             day += timedelta(days=1)
     out = []
-    for key, members in groups.items():
+    for key, sums in groups.items():
         values = dict(zip(ranked, key[1:], strict=True))
-        out.append(UsageRow(day=key[0], model=values.get("model"), thread_id=values.get("thread_id"),
-                            **_as_sums(_sums(members))))
+        out.append({"day": key[0], "model": values.get("model"), "thread_id": values.get("thread_id"),
+                    **_as_sums(sums)})
     # By day, then the most tokens first, "other" last.
-    out.sort(key=lambda r: (r.day or date.min, OTHER in (r.model, r.thread_id), -(r.input_tokens + r.output_tokens),
-                            r.model or "", r.thread_id or ""))
-    return UsageReport(from_=start, to=end, totals=UsageSums(**_as_sums(_sums(rows))), rows=out)
+    out.sort(key=lambda r: (r["day"] or date.min, OTHER in (r["model"], r["thread_id"]),
+                            -(r["input_tokens"] + r["output_tokens"]), r["model"] or "", r["thread_id"] or ""))
+    # Plain dicts, validated once by pydantic-core: a year by day and model is thousands of rows.
+    return UsageReport.model_validate({"from": start, "to": end, "totals": _as_sums(total), "rows": out})

@@ -231,7 +231,8 @@ def _svg(data: ChartData, prefix: str) -> Markup:
         y = _n(_y(data.limit, total_max, TOTAL_TOP, TOTAL_BASE))
         line = _attrs(data_limit=data.limit, x1=LEFT, x2=LEFT + PLOT_WIDTH, y1=y, y2=y)
         out.append(f'<line class="limit-line"{line}><title>Limit: {data.limit:,} tokens per period</title></line>')
-        label = _attrs(x=LEFT + PLOT_WIDTH, y=_n(float(y) - 3), text_anchor="end")
+        # Left, above the line: the running total starts low on the left, so the label is never under it.
+        label = _attrs(x=LEFT + 4, y=_n(float(y) - 3))
         out.append(f'<text class="limit-label"{label}>Limit {escape(compact(data.limit))}</text>')
     past = [(i, d) for i, d in enumerate(data.days) if not d.future]
     if past:
@@ -287,7 +288,8 @@ def _svg(data: ChartData, prefix: str) -> Markup:
 def _legend(data: ChartData) -> Markup:
     if not data.series:
         return Markup('<p class="muted small legend-empty">No tokens used in this period yet.</p>')
-    items = "".join(f'<li><span class="swatch {s.css}" aria-hidden="true"></span>{escape(s.label)} '
+    items = "".join(f'<li{_attrs(data_model=s.name)}><span class="swatch {s.css}" aria-hidden="true"></span>'
+                    f'{escape(s.label)} '
                     f'<span class="muted">{s.total:,}</span></li>' for s in data.series)
     return Markup(f'<ul class="legend">{items}</ul>')
 

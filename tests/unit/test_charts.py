@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -86,7 +87,7 @@ def test_the_stack_puts_the_largest_model_at_the_bottom_and_other_on_top() -> No
     fig = figure(charts.render_chart(data))
     day = [b for b in segs(fig) if b.get("data-day") == d.isoformat()]
     assert [b.get("data-model") for b in day] == ["big", "mid", "small", "other"]
-    for lower, upper in zip(day, day[1:], strict=False):  # each sits on the one below it
+    for lower, upper in itertools.pairwise(day):  # each sits on the one below it
         assert f(upper, "y") + f(upper, "height") == pytest.approx(f(lower, "y"), abs=0.011)
     assert [b.get("class") for b in day] == ["seg s0", "seg s1", "seg s2", "seg so"]
     legend = ["".join(li.itertext()).strip() for li in fig.iter("li")]
@@ -134,6 +135,11 @@ def test_the_limit_line_sits_at_the_limit_on_the_running_totals_scale() -> None:
     last_y = float(cumulative.get("points", "").split()[-1].split(",")[1])
     assert last_y == pytest.approx(base - (base - top) * 50_000 / scale_max, abs=0.011) and last_y > y
     assert len(cumulative.get("points", "").split()) == 10  # up to today, not into the future
+    # Its label is away from the running total: on the right while the period is young, on the left later.
+    label = fig.findall(".//text[@class='limit-label']")[0]
+    assert label.text == "Limit 100K" and label.get("text-anchor") == "end"
+    later = figure(charts.usage_chart(rows, NOV_1, DEC_1, limit=100_000, today=date(2026, 11, 25)))
+    assert later.findall(".//text[@class='limit-label']")[0].get("text-anchor") is None
 
 
 def test_no_limit_no_line_and_past_the_limit_the_scale_grows() -> None:
@@ -215,7 +221,9 @@ def test_at_100_percent_the_notice_says_what_is_blocked_and_which_plans_lift_it(
         ("tokens_per_month", "blocked"), ("threads_per_month", "blocked"), ("messages_per_day", "blocked")]
     tokens, threads, messages = notices
     assert "new messages are blocked until Dec 1, 2026 00:00 UTC" in tokens.body
-    assert "Pro: 1,000,000 tokens a month; Team: no limit" in tokens.body
+    assert "More with Pro: 1,000,000 tokens a month, then $0.01 per 1K; Team: no limit, $0.01 per 1K tokens." \
+        in tokens.body
+    assert "More with Pro: 1,000 messages a day; Team: no limit." in messages.body
     assert "keep writing in them, but new threads are blocked" in threads.body
     assert "new messages are blocked until Nov 11, 2026 00:00 UTC" in messages.body
     assert [p.name.value for p in tokens.lifted_by] == ["pro", "team"]
@@ -251,7 +259,7 @@ def test_a_period_is_two_days_or_none() -> None:
 
 @pytest.mark.parametrize(("from_", "to", "says"), [
     ("2026-10-01", None, "both"), ("2026-10-1", "2026-11-01", "YYYY-MM-DD"), ("20261001", "2026-11-01", "YYYY-MM-DD"),
-    ("2026-02-30", "2026-03-05", "calendar"), ("2026-11-01", "2026-11-01", "before"), ("2024-01-01", "2026-01-01", "400"),
+    ("2026-02-30", "2026-03-05", "not a real date"), ("2026-11-01", "2026-11-01", "before"), ("2024-01-01", "2026-01-01", "400"),
     ("2027-01-01", "2027-02-01", "not started"), ("<b>", "x", "YYYY-MM-DD"),
 ])
 def test_bad_periods_are_refused_with_a_reason(from_: str, to: str | None, says: str) -> None:
@@ -383,6 +391,13 @@ def test_a_blocked_free_user_gets_the_upgrade_offer() -> None:
     html = app_for(billing).get("/subscription/status", params={"token": TOKEN}).text
     assert 'data-level="blocked"' in html and 'id="offer-upgrade-pro"' in html and 'id="offer-upgrade-team"' in html
     assert 'id="upgrade-pro"' in html  # the page's own upgrade buttons are still there, once
+
+
+def test_a_blocked_pro_user_is_sent_to_manage_billing_not_to_a_second_checkout() -> None:
+    billing = FakeBilling("pro", EVENTS, used={"messages_per_day": 1000})
+    html = app_for(billing).get("/subscription/status", params={"token": TOKEN}).text
+    assert 'id="notice-messages_per_day" data-limit="messages_per_day" data-level="blocked"' in html
+    assert 'id="offer-manage"' in html and "Team lifts this limit" in html and 'id="offer-upgrade-team"' not in html
 
 
 def test_team_picks_a_past_period_and_sees_models_and_threads() -> None:

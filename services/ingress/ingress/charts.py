@@ -231,8 +231,11 @@ def _svg(data: ChartData, prefix: str) -> Markup:
         y = _n(_y(data.limit, total_max, TOTAL_TOP, TOTAL_BASE))
         line = _attrs(data_limit=data.limit, x1=LEFT, x2=LEFT + PLOT_WIDTH, y1=y, y2=y)
         out.append(f'<line class="limit-line"{line}><title>Limit: {data.limit:,} tokens per period</title></line>')
-        # Left, above the line: the running total starts low on the left, so the label is never under it.
-        label = _attrs(x=LEFT + 4, y=_n(float(y) - 3))
+        # Above the line, away from the running total: on the right while the period is young (the line has not
+        # got there yet), on the left later (where the total was still low).
+        young = sum(1 for d in data.days if not d.future) <= n // 2
+        label = _attrs(x=LEFT + PLOT_WIDTH - 4 if young else LEFT + 4, y=_n(float(y) - 3),
+                       text_anchor="end" if young else None)
         out.append(f'<text class="limit-label"{label}>Limit {escape(compact(data.limit))}</text>')
     past = [(i, d) for i, d in enumerate(data.days) if not d.future]
     if past:

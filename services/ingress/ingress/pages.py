@@ -134,10 +134,19 @@ def _lifted_by(plan: Plan, name: LimitName, limit: int) -> tuple[Plan, ...]:
 
 
 def _more(plans: Sequence[Plan], name: LimitName) -> str:
+    """What each plan allows of a limit, e.g. "Pro: 1,000,000 tokens a month, then $0.01 per 1K; Team: no limit,
+    $0.01 per 1K tokens": tokens past a plan's limit (or all of them, on Team) are billed, and the offer says so."""
     unit = {LimitName.TOKENS_PER_MONTH: " tokens a month", LimitName.THREADS_PER_MONTH: " threads a month",
             LimitName.MESSAGES_PER_DAY: " messages a day"}[name]
-    return "; ".join(f"{p.title}: " + ("no limit" if p.limit(name) is None else f"{p.limit(name):,}{unit}")
-                     for p in plans)
+    parts = []
+    for p in plans:
+        limit, cents = p.limit(name), p.overage_cents_per_1k_tokens
+        price = f"${cents / 100:.2f} per 1K" if name == LimitName.TOKENS_PER_MONTH and p.overage and cents else ""
+        if limit is None:
+            parts.append(f"{p.title}: no limit" + (f", {price} tokens" if price else ""))
+        else:
+            parts.append(f"{p.title}: {limit:,}{unit}" + (f", then {price}" if price else ""))
+    return "; ".join(parts)
 
 
 def limit_notices(plan: Plan, limits: Mapping[str, LimitState]) -> list[Notice]:
@@ -197,7 +206,7 @@ def _day(name: str, value: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise BadPeriod(f"“{name}” is not a date of the calendar.") from None
+        raise BadPeriod(f"“{name}” is not a real date: write YYYY-MM-DD, like 2026-11-01.") from None
 
 
 def parse_period(from_: str | None, to: str | None, today: date) -> tuple[date, date] | None:

@@ -18,6 +18,11 @@ from shared import topology
 from shared.periods import month_of
 
 
+# BENCH_BASELINE_ROLLUPS=1: also keep the usage analytics' daily rollups (the same table write usage-sync does since
+# the analytics landed), so the ratio measures the consumer and not the feature.
+WITH_ROLLUPS = os.environ.get("BENCH_BASELINE_ROLLUPS") == "1"
+
+
 async def main() -> None:
     nc = await nats.connect(os.environ["NATS_URL"])
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=1, max_size=2)
@@ -31,9 +36,16 @@ async def main() -> None:
             continue
         events = [json.loads(m.data) for m in msgs]
         counters: dict[tuple, int] = defaultdict(int)
+        rollups: dict[tuple, list[int]] = {}
         for e in events:
-            start, end = month_of(datetime.fromisoformat(e["occurred_at"]))
+            at = datetime.fromisoformat(e["occurred_at"])
+            start, end = month_of(at)
             counters[(e["user_id"], start, end)] += e["input_tokens"] + e["output_tokens"]
+            if WITH_ROLLUPS:
+                r = rollups.setdefault((e["user_id"], at.date(), e["model"], e["thread_id"]), [0, 0, 0])
+                r[0] += 1
+                r[1] += e["input_tokens"]
+                r[2] += e["output_tokens"]
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens,
@@ -51,6 +63,18 @@ async def main() -> None:
                                                                     $4::bigint[]) AS t(u, s, e, v)
                    ON CONFLICT (user_id, limit_name, period_start) DO UPDATE SET used = usage_counters.used + EXCLUDED.used""",
                 [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [counters[k] for k in keys])
+            if rollups:  # the analytics' daily rollups, as usage-sync keeps them (bench/usage_ingest.py)
+                rk = sorted(rollups)
+                await conn.execute(
+                    """INSERT INTO usage_rollups AS r (user_id, day, model, thread_id, events, input_tokens,
+                                                       output_tokens)
+                       SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[],
+                                            $6::bigint[], $7::bigint[])
+                       ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET events = r.events + EXCLUDED.events,
+                           input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+                           output_tokens = r.output_tokens + EXCLUDED.output_tokens""",
+                    [k[0] for k in rk], [k[1] for k in rk], [k[2] for k in rk], [k[3] for k in rk],
+                    [rollups[k][0] for k in rk], [rollups[k][1] for k in rk], [rollups[k][2] for k in rk])
         for m in msgs:
             await m.ack()
     await pool.close()

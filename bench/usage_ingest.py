@@ -81,7 +81,8 @@ async def visibility(db_url: str) -> tuple[float, float]:
         await conn.close()
 
 
-def phase(name: str, cmd: list[str], *, n: int = N, rate: float | None = None, polar: bool = False) -> dict:
+def phase(name: str, cmd: list[str], *, n: int = N, rate: float | None = None, polar: bool = False,
+          extra_env: dict[str, str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-usage-{name}-"))
     srv, pg = EmbeddedNats(tmp / "nats", sync_always=False), EmbeddedPostgres(tmp / "pg", durable=True)
     nats_url, db_url = srv.start(), pg.start()
@@ -90,7 +91,7 @@ def phase(name: str, cmd: list[str], *, n: int = N, rate: float | None = None, p
         asyncio.run(migrate(db_url))
         asyncio.run(topology.apply(nats_url))
         env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": db_url, "PYTHONPATH": PYTHONPATH,
-               "LOG_LEVEL": "WARNING", "USAGE_SYNC_HTTP_PORT": str(free_port())}
+               "LOG_LEVEL": "WARNING", "USAGE_SYNC_HTTP_PORT": str(free_port()), **(extra_env or {})}
         if polar:
             port = free_port()
             emulator = subprocess.Popen([sys.executable, "-m", "polar_emulator"], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -131,18 +132,23 @@ def main() -> dict:
     usage_sync = [sys.executable, "-m", "usage_sync"]
     rows = [phase("baseline", [sys.executable, "-m", "bench.baseline_usage"]),
             phase("usage-sync", usage_sync),
+            # The same raw consumer, also writing the analytics' daily rollups as usage-sync does.
+            phase("baseline+rollups", [sys.executable, "-m", "bench.baseline_usage"],
+                  extra_env={"BENCH_BASELINE_ROLLUPS": "1"}),
             # Steady load with Polar in the loop: visibility at a sustainable rate, and requests per second to Polar.
             phase("baseline", [sys.executable, "-m", "bench.baseline_usage"], n=50_000, rate=5000),
             phase("usage-sync", usage_sync, n=50_000, rate=5000, polar=True)]
     result = {"benchmark": "usage_ingest", "rows": rows,
               "ratio": round(rows[1]["events_per_s"] / rows[0]["events_per_s"], 3),
+              "ratio_same_writes": round(rows[1]["events_per_s"] / rows[2]["events_per_s"], 3),
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"usage-{int(time.time())}.json").write_text(json.dumps(result, indent=2))
     for r in rows:
         print(json.dumps(r))
-    print(f"usage-sync / baseline throughput: {result['ratio']}x ({N} events)")
+    print(f"usage-sync / baseline throughput: {result['ratio']}x; / baseline with the same rollup writes: "
+          f"{result['ratio_same_writes']}x ({N} events)")
     return result
 
 

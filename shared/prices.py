@@ -83,7 +83,7 @@ PRICES: tuple[Price, ...] = (
     _p("codestral*", "2025-01-13", "0.30", "0.30", "0.90"),
     _p("open-mistral-nemo*", "2024-07-18", "0.15", "0.15", "0.15"),
 )
-MICRO = Decimal(1)  # micro-dollars per (USD per million tokens x token): the units cancel
+PICO_PER_MICRO = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,21 @@ class PriceCatalog:
 
     def cost_micro_usd(self, model: str, at: datetime, input_tokens: int, cached_input_tokens: int,
                        output_tokens: int) -> int | None:
-        price = self.price(model, at)
-        if price is None:
+        rates = self._rates(model, at.astimezone(UTC).date() if isinstance(at, datetime) else at)
+        if rates is None:
             return None
         cached = min(cached_input_tokens, input_tokens)
-        cost = ((input_tokens - cached) * price.input + cached * price.cached_input
-                + output_tokens * price.output) * MICRO
-        return int(cost.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+        # Integers all the way (a batch prices thousands of events): rates are pico-dollars per token.
+        pico = (input_tokens - cached) * rates[0] + cached * rates[1] + output_tokens * rates[2]
+        return (pico + PICO_PER_MICRO // 2) // PICO_PER_MICRO
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - see _price
+    def _rates(self, model: str, day: date) -> tuple[int, int, int] | None:
+        """USD per million tokens = micro-dollars per token = 10^6 pico-dollars per token, exact for prices of up to
+        six decimals."""
+        price = self._price(model, day)
+        if price is None:
+            return None
+        i, c, o = (int((rate * PICO_PER_MICRO).to_integral_value(rounding=ROUND_HALF_EVEN))
+                   for rate in (price.input, price.cached_input, price.output))
+        return i, c, o

@@ -112,10 +112,19 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thre
             deltas[(e.user_id, LimitName.MESSAGES_PER_DAY.value, d_start, d_end)] += 1
             threads.append((e.user_id, start, e.thread_id))
             cost = costs[e.event_id]
-            sums = rollups.setdefault((e.user_id, d_start.date(), e.model, e.thread_id), [0] * 7)
-            for i, v in enumerate((1, e.input_tokens, e.output_tokens, e.cached_input_tokens, e.billable_tokens,
-                                   cost or 0, cost is not None)):
-                sums[i] += int(v)
+            key = (e.user_id, d_start.date(), e.model, e.thread_id)
+            sums = rollups.get(key)
+            if sums is None:
+                rollups[key] = [1, e.input_tokens, e.output_tokens, e.cached_input_tokens, e.billable_tokens,
+                                cost or 0, int(cost is not None)]
+            else:
+                sums[0] += 1
+                sums[1] += e.input_tokens
+                sums[2] += e.output_tokens
+                sums[3] += e.cached_input_tokens
+                sums[4] += e.billable_tokens
+                sums[5] += cost or 0
+                sums[6] += cost is not None
             period_end[(e.user_id, start)] = end
             if e.reservation_id:
                 reservations.append(e.reservation_id)

@@ -21,6 +21,14 @@ class PermanentError(Exception):
     """Retrying cannot help (a malformed payload): dead-letter at once."""
 
 
+# The database refused the values themselves (out of range, not in the encoding): the same message fails the same way.
+PERMANENT = (PermanentError, asyncpg.DataError)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    return isinstance(exc, PERMANENT)
+
+
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT) and not isinstance(exc, PermanentError)
 

@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
 
-from shared.retry import MAX_ATTEMPTS, Invalid, PermanentError, backoff, is_transient
+from shared.retry import MAX_ATTEMPTS, Invalid, backoff, is_permanent, is_transient
 from shared.runtime import Runtime
 from shared.topology import Durable
 
@@ -180,7 +180,7 @@ class Running(Generic[T, R]):
         if is_transient(exc):
             action = "retry_transient"
             await msg.nak(delay=backoff(n))
-        elif isinstance(exc, PermanentError) or n >= MAX_ATTEMPTS:
+        elif is_permanent(exc) or n >= MAX_ATTEMPTS:
             action = "dead_lettered"
             await self._dead(msg, error)
         else:

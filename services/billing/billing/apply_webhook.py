@@ -209,7 +209,10 @@ async def apply_webhook(conn: asyncpg.Connection, catalog: PlanCatalog, webhook:
         ctx = Ctx(conn, catalog, webhook)
         await apply(ctx)
         status = "skipped" if ctx.skip_reason else "applied"
-        await repo.finish_webhook(conn, webhook.id, status, ctx.skip_reason)
+        note = ctx.skip_reason
+        if webhook.had_nul:
+            note = "; ".join(n for n in (note, "text with U+0000 stored with U+FFFD in its place") if n)
+        await repo.finish_webhook(conn, webhook.id, status, note)
         changes = []
         for user_id, (old_plan, old_status) in ctx.before.items():
             row = await repo.effective_plan(conn, user_id)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from shared import topology
 from shared.retry import Invalid
@@ -20,11 +20,27 @@ from shared.retry import Invalid
 MAX_USER_ID = 256  # polar_billing_client.contracts: user_id max_length
 
 
+def _in_range(value: datetime) -> datetime:
+    """A valid date-time whose UTC moment Python cannot hold (year 1 at +05:30, 9999-12-31 at -12:00) is clamped to
+    the first or last moment it can: PostgreSQL stores every timestamptz in UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year < 5000 else datetime.max).replace(tzinfo=UTC)
+
+
+Instant = Annotated[datetime, AfterValidator(_in_range)]
+
+
 def our_user_id(value: object) -> str | None:
     """An external id as our user id: text or a whole number, 1 to 256 characters; anything else maps to no user."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     text = str(value)
+    if "\x00" in text or "\ufffd" in text:  # PostgreSQL cannot hold U+0000; our clients never send either
+        return None
     return text if 0 < len(text) <= MAX_USER_ID else None
 
 
@@ -34,7 +50,7 @@ class _Tolerant(BaseModel):
 
 class Envelope(_Tolerant):
     type: str
-    timestamp: datetime
+    timestamp: Instant
     api_version: str | None = None
     data: dict[str, Any]
 
@@ -51,6 +67,10 @@ class Webhook:
     def type(self) -> str:
         return self.envelope.type
 
+    @property
+    def had_nul(self) -> bool:
+        return _has_nul(self.raw)
+
     @classmethod
     def parse(cls, webhook_id: str, body: bytes | str | dict[str, Any]) -> Webhook:
         """Raises `Invalid` (dead-lettered at once) when the body is not a webhook envelope."""
@@ -61,7 +81,8 @@ class Webhook:
         if not isinstance(raw, dict):
             raise Invalid("body is not a JSON object")
         try:
-            return cls(webhook_id, raw, Envelope.model_validate(raw))
+            # The rows get text without U+0000 (PostgreSQL cannot hold it); the log row says so (apply_webhook).
+            return cls(webhook_id, raw, Envelope.model_validate(without_nul(raw)))
         except ValidationError as exc:
             raise Invalid(f"envelope: {exc.errors(include_url=False, include_input=False)}") from exc
 
@@ -79,8 +100,8 @@ def event_type_of(msg: Msg) -> str:
 
 class _Versioned(_Tolerant):
     id: str
-    created_at: datetime | None = None
-    modified_at: datetime | None = None
+    created_at: Instant | None = None
+    modified_at: Instant | None = None
 
     def version(self, envelope_ts: datetime) -> datetime:
         """What the row is built from: modified_at, else created_at, else the envelope timestamp."""
@@ -91,7 +112,7 @@ class CustomerRef(_Tolerant):
     id: str
     external_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    deleted_at: datetime | None = None
+    deleted_at: Instant | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -136,9 +157,9 @@ class BenefitGrant(_Versioned):
     customer_id: str
     subscription_id: str | None = None
     benefit_id: str
-    granted_at: datetime | None = None
+    granted_at: Instant | None = None
     is_revoked: bool = False
-    revoked_at: datetime | None = None
+    revoked_at: Instant | None = None
     benefit: Benefit
     customer: CustomerRef | None = None
 
@@ -151,17 +172,17 @@ class StateSubscription(_Versioned):
     amount: int | None = None
     currency: str | None = None
     recurring_interval: str | None = None
-    current_period_start: datetime | None = None
-    current_period_end: datetime | None = None
+    current_period_start: Instant | None = None
+    current_period_end: Instant | None = None
     cancel_at_period_end: bool = False
-    canceled_at: datetime | None = None
-    started_at: datetime | None = None
-    ends_at: datetime | None = None
+    canceled_at: Instant | None = None
+    started_at: Instant | None = None
+    ends_at: Instant | None = None
 
 
 class Subscription(StateSubscription):
     customer_id: str
-    ended_at: datetime | None = None
+    ended_at: Instant | None = None
     checkout_id: str | None = None
     customer: CustomerRef | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -187,6 +208,23 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return _text(value)
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return isinstance(value, str) and "\x00" in value
+
+
+def without_nul(value: Any) -> Any:
+    """A copy of a payload with U+0000 replaced by U+FFFD in every key and string."""
+    if isinstance(value, dict):
+        return {_text(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return _text(value) if isinstance(value, str) else value
 
 
 def _text(value: str) -> str:

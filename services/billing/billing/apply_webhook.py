@@ -30,6 +30,7 @@ from .polar_models import (
     StateSubscription,
     Subscription,
     Webhook,
+    int64,
     our_user_id,
     redact,
 )
@@ -161,7 +162,7 @@ async def apply_benefit_grant(ctx: Ctx) -> None:
     props = g.benefit.properties
     await repo.upsert_meter_credit(ctx.conn, MeterCreditRow(
         grant_id=g.id, customer_id=g.customer_id, user_id=user_id, subscription_id=g.subscription_id,
-        benefit_id=g.benefit_id, meter_id=props.get("meter_id"), units=int(props.get("units") or 0),
+        benefit_id=g.benefit_id, meter_id=props.get("meter_id"), units=int64(props.get("units") or 0),
         rollover=bool(props.get("rollover", False)), granted_at=g.granted_at,
         revoked_at=g.revoked_at or (ctx.ts if g.is_revoked else None), **ctx.stamp(g)))
 

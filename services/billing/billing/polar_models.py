@@ -32,6 +32,21 @@ def _in_range(value: datetime) -> datetime:
 
 
 Instant = Annotated[datetime, AfterValidator(_in_range)]
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def int64(value: object) -> int:
+    """A whole number as PostgreSQL's bigint can hold it: clamped to its range; anything not a number is 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        number = int(value)
+    except (ValueError, OverflowError):
+        return 0
+    return min(max(number, INT64[0]), INT64[1])
+
+
+Int64 = Annotated[int, AfterValidator(int64)]
 
 
 def our_user_id(value: object) -> str | None:
@@ -141,8 +156,8 @@ class Order(_Versioned):
     subscription_id: str | None = None
     billing_reason: str | None = None
     paid: bool = False
-    total_amount: int = 0
-    refunded_amount: int = 0
+    total_amount: Int64 = 0
+    refunded_amount: Int64 = 0
     currency: str | None = None
     customer: CustomerRef | None = None
 
@@ -169,7 +184,7 @@ class StateSubscription(_Versioned):
 
     status: str
     product_id: str
-    amount: int | None = None
+    amount: Int64 | None = None
     currency: str | None = None
     recurring_interval: str | None = None
     current_period_start: Instant | None = None

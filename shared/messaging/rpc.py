@@ -45,19 +45,23 @@ class RpcError(Exception):
         self.body = ErrorBody(code=code, message=message, field=field, retry_after=retry_after)
 
 
+def invalid_request(exc: ValidationError, not_json: str = "the request is not JSON") -> RpcError:
+    """A request that does not fit its contract, as the answer that names the field (also ingress's HTTP API)."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    if err["type"] == "json_invalid":
+        return RpcError("invalid_request", not_json)
+    field = ".".join(str(p) for p in err["loc"]) or None
+    message = err["msg"].removeprefix("Value error, ")
+    if field is None and ": " in message:  # a check across fields names its field first: "from: must be …"
+        return RpcError("invalid_request", message, field=message.split(": ", 1)[0])
+    return RpcError("invalid_request", f"{field}: {message}" if field else message, field=field)
+
+
 def parse(model: type[Req], body: bytes) -> Req:
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        if err["type"] == "json_invalid":
-            raise RpcError("invalid_request", "the request is not JSON") from None
-        field = ".".join(str(p) for p in err["loc"]) or None
-        message = err["msg"].removeprefix("Value error, ")
-        if field is None and ": " in message:  # a check across fields names its field first: "from: must be …"
-            field = message.split(": ", 1)[0]
-            raise RpcError("invalid_request", message, field=field) from None
-        raise RpcError("invalid_request", f"{field}: {message}" if field else message, field=field) from None
+        raise invalid_request(exc) from None
 
 
 @dataclass(frozen=True)

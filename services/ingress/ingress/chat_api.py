@@ -42,6 +42,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.messaging.rpc import invalid_request
+
 from .runtime import IngressRuntime
 
 log = logging.getLogger(__name__)
@@ -71,14 +73,8 @@ def error(code: str, message: str, *, field: str | None = None, retry_after: int
 
 
 def _invalid(exc: ValidationError) -> JSONResponse:
-    err = exc.errors(include_url=False, include_input=False)[0]
-    if err["type"] == "json_invalid":
-        return error("invalid_request", "the body is not JSON")
-    field = ".".join(str(p) for p in err["loc"]) or None
-    message = err["msg"].removeprefix("Value error, ")
-    if field is None and ": " in message:  # a check across fields names its field first (as billing.rpc does)
-        return error("invalid_request", message, field=message.split(": ", 1)[0])
-    return error("invalid_request", f"{field}: {message}" if field else message, field=field)
+    body = invalid_request(exc, not_json="the body is not JSON").body  # the same answer billing.rpc.* gives
+    return error(body.code, body.message, field=body.field)
 
 
 def _authorized(rt: IngressRuntime, request: Request) -> JSONResponse | None:

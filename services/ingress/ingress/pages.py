@@ -290,13 +290,22 @@ def _bad_period(request: Request, token: str, message: str) -> Response:
                  back_url=_status_url(token), back_label="Back to this period")
 
 
-async def status_page(request: Request) -> Response:
+def _signed_in(request: Request) -> tuple[str, str] | Response:
+    """The user and token a page's link names, or the answer instead (503 when not set up, 403 when not valid)."""
     if _rt(request).settings.status_page_secret is None:
         return _page(request, "message.html", 503, title="Not configured", message="Status pages are not set up.")
     token = request.query_params.get("token")
     user_id = _user(request, token)
     if user_id is None or token is None:
         return _forbidden(request)
+    return user_id, token
+
+
+async def status_page(request: Request) -> Response:
+    signed = _signed_in(request)
+    if isinstance(signed, Response):
+        return signed
+    user_id, token = signed
     client = _client(request)
     try:
         status = await client.status(user_id)
@@ -366,12 +375,10 @@ async def _csv_rows(client: BillingClient, user_id: str, start: date, end: date,
 
 
 async def usage_csv(request: Request) -> Response:
-    if _rt(request).settings.status_page_secret is None:
-        return _page(request, "message.html", 503, title="Not configured", message="Status pages are not set up.")
-    token = request.query_params.get("token")
-    user_id = _user(request, token)
-    if user_id is None or token is None:
-        return _forbidden(request)
+    signed = _signed_in(request)
+    if isinstance(signed, Response):
+        return signed
+    user_id, token = signed
     client = _client(request)
     today = datetime.now(UTC).date()
     try:

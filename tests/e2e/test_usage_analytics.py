@@ -62,10 +62,13 @@ async def api(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Asy
     await drop_database(servers, db_url)
 
 
-async def from_ledger(db: asyncpg.Connection, keys: list[str]) -> dict[tuple, dict]:
+async def from_ledger(db: asyncpg.Connection, keys: list[str], user: str = USER, start: date = date.min,
+                      end: date = date.max) -> dict[tuple, dict]:
     """The same sums, straight from the raw ledger (what the rollups must equal)."""
     out: dict[tuple, dict] = defaultdict(lambda: defaultdict(int))
-    for r in await db.fetch("SELECT * FROM usage_events WHERE user_id = $1", USER):
+    for r in await db.fetch("SELECT * FROM usage_events WHERE user_id = $1", user):
+        if not start <= r["occurred_at"].astimezone(UTC).date() < end:
+            continue
         key = tuple({"day": r["occurred_at"].astimezone(UTC).date(), "model": r["model"],
                      "thread": r["thread_id"]}[k] for k in keys)
         s = out[key]
@@ -77,12 +80,7 @@ async def from_ledger(db: asyncpg.Connection, keys: list[str]) -> dict[tuple, di
     return out
 
 
-@pytest.mark.parametrize("group_by", GROUPINGS, ids=["-".join(g) or "totals" for g in GROUPINGS])
-async def test_every_grouping_equals_the_raw_ledger(api, group_by: list[str]) -> None:
-    client, db = api
-    report = await client.usage(USER, from_=START, to=END, group_by=group_by)
-    assert (report.from_, report.to, report.currency) == (START, END, "usd")
-    expected = await from_ledger(db, group_by)
+def assert_equal(report, expected: dict[tuple, dict], group_by: list[str]) -> None:
     field = {"day": "day", "model": "model", "thread": "thread_id"}
     got = {tuple(getattr(r, field[k]) for k in group_by): r for r in report.rows
            if not ("day" in group_by and r.events == 0)}
@@ -93,9 +91,43 @@ async def test_every_grouping_equals_the_raw_ledger(api, group_by: list[str]) ->
                 row.unpriced_events) == (s["events"], s["input_tokens"], s["output_tokens"],
                                          s["cached_input_tokens"], s["billable_tokens"], s["unpriced_events"]), key
         assert row.cost_usd == (round(s["cost"] / 1e6, 6) if s["events"] > s["unpriced_events"] else None), key
+
+
+@pytest.mark.parametrize("group_by", GROUPINGS, ids=["-".join(g) or "totals" for g in GROUPINGS])
+async def test_every_grouping_equals_the_raw_ledger(api, group_by: list[str]) -> None:
+    client, db = api
+    report = await client.usage(USER, from_=START, to=END, group_by=group_by)
+    assert (report.from_, report.to, report.currency) == (START, END, "usd")
+    expected = await from_ledger(db, group_by)
+    assert_equal(report, expected, group_by)
     total = await from_ledger(db, [])
     assert report.totals.events == 600 == total[()]["events"]
     assert report.totals.billable_tokens == total[()]["billable_tokens"]
+
+
+LONG_USER = f"usr_long_{uuid.uuid4().hex[:8]}"
+LONG_START = date(2026, 1, 20)  # four calendar months and their edges: thread queries read whole months apart
+LONG_RANGES = [(date(2026, 1, 20), date(2026, 5, 20)), (date(2026, 2, 1), date(2026, 4, 1)),
+               (date(2026, 1, 25), date(2026, 3, 3)), (date(2026, 2, 10), date(2026, 2, 20)),
+               (date(2026, 3, 31), date(2026, 4, 2)), (date(2026, 1, 1), date(2026, 6, 1))]
+
+
+@pytest.mark.parametrize(("start", "end"), LONG_RANGES, ids=[f"{a}..{b}" for a, b in LONG_RANGES])
+async def test_every_grouping_of_any_range_equals_the_raw_ledger(api, start: date, end: date) -> None:
+    client, db = api
+    if not await db.fetchval("SELECT count(*) FROM usage_events WHERE user_id = $1", LONG_USER):
+        rng = random.Random(7)
+        events = [UsageEvent(event_id=f"long-{i}", user_id=LONG_USER, thread_id=f"th-{rng.randint(1, 5)}",
+                             model=rng.choice(MODELS), input_tokens=rng.randint(1, 500),
+                             output_tokens=rng.randint(0, 500),
+                             occurred_at=datetime.combine(LONG_START, datetime.min.time(), UTC)
+                             + timedelta(seconds=rng.randint(0, 120 * 86_400)))
+                  for i in range(400)]
+        for i in range(0, len(events), 50):
+            await ledger.record(db, events[i:i + 50])
+    for group_by in GROUPINGS:
+        report = await client.usage(LONG_USER, from_=start, to=end, group_by=group_by)
+        assert_equal(report, await from_ledger(db, group_by, LONG_USER, start, end), group_by)
 
 
 async def test_empty_days_are_present_as_zeros(api) -> None:

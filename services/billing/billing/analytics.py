@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
+from operator import itemgetter
 from typing import Any
 
 from polar_billing_client.contracts import MAX_USAGE_DAYS, UsageReport
@@ -29,9 +30,14 @@ def days_of(period: Period) -> tuple[date, date]:
     return start.date(), last.date() + timedelta(days=1)
 
 
-def date_range(from_: date | None, to: date | None, period: Period) -> tuple[date, date]:
-    default_from, default_to = days_of(period)
-    start, end = from_ or default_from, to or default_to
+def date_range(from_: date | None, to: date | None, period: Period | None) -> tuple[date, date]:
+    """The asked range, its missing ends from the billing period (which is only needed, and given, then)."""
+    if from_ is None or to is None:
+        if period is None:
+            raise TypeError("date_range: a range with a missing end needs the billing period")
+        default_from, default_to = days_of(period)
+        from_, to = from_ or default_from, to or default_to
+    start, end = from_, to
     if start >= end:
         raise BadRange("from", "from: must be before to")
     if (end - start).days > MAX_USAGE_DAYS:
@@ -42,15 +48,27 @@ def date_range(from_: date | None, to: date | None, period: Period) -> tuple[dat
 FIELDS = (*SUMS, "cost_micro_usd", "priced_events")
 
 
-def _add(into: list[int], r: Mapping[str, Any]) -> None:
-    for i, f in enumerate(FIELDS):
-        into[i] += r[f]
-
-
-def _as_sums(s: Sequence[int]) -> dict[str, Any]:
-    events, cost, priced = s[0], s[5], s[6]
-    return {**dict(zip(SUMS, s[:5], strict=True)), "cost_usd": round(cost / 1_000_000, 6) if priced else None,
-            "unpriced_events": events - priced}
+def _top(rows: Sequence[Mapping[str, Any]], ranked: Sequence[str], limit: int, by_day: bool) -> list[dict[str, Any]]:
+    """The rows regrouped so that only the top `limit` models / threads by tokens (input + output) keep their name;
+    the rest are summed as "other"."""
+    tokens: dict[tuple[Any, ...], int] = defaultdict(int)
+    for r in rows:
+        tokens[tuple(r[k] for k in ranked)] += r["input_tokens"] + r["output_tokens"]
+    keep = set(sorted(tokens, key=lambda k: (-tokens[k], str(k)))[:limit])
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        named = tuple(r[k] for k in ranked)
+        if named not in keep:
+            named = tuple(OTHER for _ in ranked)
+        key = (r["day"] if by_day else None, *named)
+        g = groups.get(key)
+        if g is None:
+            groups[key] = {"day": key[0], "model": None, "thread_id": None, **dict(zip(ranked, named, strict=True)),
+                           **{f: r[f] for f in FIELDS}}
+        else:
+            for f in FIELDS:
+                g[f] += r[f]
+    return list(groups.values())
 
 
 def report(rows: Sequence[Mapping[str, Any]], start: date, end: date, group_by: Sequence[str],
@@ -60,38 +78,44 @@ def report(rows: Sequence[Mapping[str, Any]], start: date, end: date, group_by: 
     range present (a day without usage as one row of zeros)."""
     keys = [DIMENSIONS[g] for g in group_by]
     ranked = [k for k in keys if k != "day"]
-    keep: set[tuple[Any, ...]] | None = None
-    if limit is not None and ranked:
-        tokens: dict[tuple[Any, ...], int] = defaultdict(int)
-        for r in rows:
-            tokens[tuple(r[k] for k in ranked)] += r["input_tokens"] + r["output_tokens"]
-        keep = set(sorted(tokens, key=lambda k: (-tokens[k], str(k)))[:limit])
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    total = [sum(r[f] for r in rows) for f in FIELDS]
     by_day = "day" in keys
+    if limit is not None and ranked:
+        rows = _top(rows, ranked, limit, by_day)
+    # One pass, plain dicts: a year by day and model is ~1,500 rows, validated once by pydantic-core below.
+    events = inp = outp = cached = billable = cost = priced = 0
+    out = []
     for r in rows:
-        named = tuple(r[k] for k in ranked)
-        if keep is not None and named not in keep:
-            named = tuple(OTHER for _ in ranked)
-        key = (r["day"] if by_day else None, *named)
-        if keep is None:  # the database grouped exactly these keys: one row each
-            groups[key] = [r[f] for f in FIELDS]
-        else:
-            _add(groups.setdefault(key, [0] * len(FIELDS)), r)
+        e, i, o, c, b, m, p = (r["events"], r["input_tokens"], r["output_tokens"], r["cached_input_tokens"],
+                               r["billable_tokens"], r["cost_micro_usd"], r["priced_events"])
+        events += e
+        inp += i
+        outp += o
+        cached += c
+        billable += b
+        cost += m
+        priced += p
+        out.append({"day": r["day"], "model": r["model"], "thread_id": r["thread_id"], "events": e,
+                    "input_tokens": i, "output_tokens": o, "cached_input_tokens": c, "billable_tokens": b,
+                    "cost_usd": round(m / 1_000_000, 6) if p else None, "unpriced_events": e - p})
+    empty = []
     if by_day:
-        seen = {k[0] for k in groups}
+        seen = {r["day"] for r in out}
         day = start
         while day < end:
             if day not in seen:
-                groups[(day, *(None for _ in ranked))] = [0] * len(FIELDS)
+                empty.append({"day": day, "model": None, "thread_id": None, **ZERO})
             day += timedelta(days=1)
-    out = []
-    for key, sums in groups.items():
-        values = dict(zip(ranked, key[1:], strict=True))
-        out.append({"day": key[0], "model": values.get("model"), "thread_id": values.get("thread_id"),
-                    **_as_sums(sums)})
-    # By day, then the most tokens first, "other" last.
-    out.sort(key=lambda r: (r["day"] or date.min, OTHER in (r["model"], r["thread_id"]),
-                            -(r["input_tokens"] + r["output_tokens"]), r["model"] or "", r["thread_id"] or ""))
-    # Plain dicts, validated once by pydantic-core: a year by day and model is thousands of rows.
-    return UsageReport.model_validate({"from": start, "to": end, "totals": _as_sums(total), "rows": out})
+    if limit is not None and ranked:  # by day, then the most tokens first, "other" last
+        out.sort(key=lambda r: (r["day"] or date.min, OTHER in (r["model"], r["thread_id"]),
+                                -(r["input_tokens"] + r["output_tokens"]), r["model"] or "", r["thread_id"] or ""))
+    if empty:  # the database's order, with the empty days in their place (a stable sort by day keeps the rest)
+        out += empty
+        out.sort(key=itemgetter("day"))
+    totals = {"events": events, "input_tokens": inp, "output_tokens": outp, "cached_input_tokens": cached,
+              "billable_tokens": billable, "cost_usd": round(cost / 1_000_000, 6) if priced else None,
+              "unpriced_events": events - priced}
+    return UsageReport.model_validate({"from": start, "to": end, "totals": totals, "rows": out})
+
+
+ZERO = {"events": 0, "input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0, "billable_tokens": 0,
+        "cost_usd": None, "unpriced_events": 0}

@@ -3,7 +3,7 @@ webhook_log, billing_outbox and usage_reservations (docs/architecture.md); it re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -345,18 +345,50 @@ async def credits_granted(conn: asyncpg.Connection, user_id: str) -> int:
 
 
 # --- usage analytics (usage-sync's rollups, read only) ------------------------------------------------------------
+_USAGE_SUMS = """sum(events)::bigint AS events, sum(input_tokens)::bigint AS input_tokens,
+    sum(output_tokens)::bigint AS output_tokens, sum(cached_input_tokens)::bigint AS cached_input_tokens,
+    sum(billable_tokens)::bigint AS billable_tokens, sum(cost_micro_usd)::bigint AS cost_micro_usd,
+    sum(priced_events)::bigint AS priced_events"""
+
+
+def whole_months(start: date, end: date) -> tuple[date, date]:
+    """The calendar months wholly inside [start, end) as [first, last) month starts; first == last when none."""
+    first = start if start.day == 1 else (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    last = end.replace(day=1)
+    return (first, last) if first < last else (end, end)
+
+
 async def usage_sums(conn: asyncpg.Connection, user_id: str, start: date, end: date, *, by_day: bool,
                      by_model: bool, by_thread: bool) -> list[asyncpg.Record]:
     """The user's usage from `start` to `end` (UTC days, end excluded), summed over the dimensions not asked for
-    (a NULL day / model / thread_id in a row means "all")."""
+    (a NULL day / model / thread_id in a row means "all"), by day, then the most tokens first. Reads the smallest rollup that holds the answer: by day and
+    model without threads; whole months by thread plus the edge days when threads but not days are asked."""
+    if not by_thread:
+        return await conn.fetch(
+            f"""SELECT CASE WHEN $4 THEN day END AS day, CASE WHEN $5 THEN model END AS model,
+                       NULL::text AS thread_id, {_USAGE_SUMS}
+                FROM usage_rollups_by_model WHERE user_id = $1 AND day >= $2 AND day < $3
+                GROUP BY 1, 2 ORDER BY 1, sum(input_tokens) + sum(output_tokens) DESC, 2""",
+            user_id, start, end, by_day, by_model,
+        )
+    if not by_day:
+        first, last = whole_months(start, end)
+        return await conn.fetch(
+            f"""SELECT CASE WHEN $6 THEN model END AS model, thread_id, NULL::date AS day, {_USAGE_SUMS}
+                FROM (SELECT model, thread_id, events, input_tokens, output_tokens, cached_input_tokens,
+                             billable_tokens, cost_micro_usd, priced_events
+                      FROM usage_rollups_by_month WHERE user_id = $1 AND month >= $2 AND month < $3
+                      UNION ALL
+                      SELECT model, thread_id, events, input_tokens, output_tokens, cached_input_tokens,
+                             billable_tokens, cost_micro_usd, priced_events
+                      FROM usage_rollups WHERE user_id = $1 AND day >= $4 AND day < $5
+                                           AND (day < $2 OR day >= $3)) edges_and_months
+                GROUP BY 1, 2 ORDER BY sum(input_tokens) + sum(output_tokens) DESC, 1, 2""",
+            user_id, first, last, start, end, by_model,
+        )
     return await conn.fetch(
-        """SELECT CASE WHEN $4 THEN day END AS day, CASE WHEN $5 THEN model END AS model,
-                  CASE WHEN $6 THEN thread_id END AS thread_id,
-                  sum(events)::bigint AS events, sum(input_tokens)::bigint AS input_tokens,
-                  sum(output_tokens)::bigint AS output_tokens, sum(cached_input_tokens)::bigint AS cached_input_tokens,
-                  sum(billable_tokens)::bigint AS billable_tokens, sum(cost_micro_usd)::bigint AS cost_micro_usd,
-                  sum(priced_events)::bigint AS priced_events
-           FROM usage_rollups WHERE user_id = $1 AND day >= $2 AND day < $3
-           GROUP BY 1, 2, 3""",
-        user_id, start, end, by_day, by_model, by_thread,
+        f"""SELECT day, CASE WHEN $4 THEN model END AS model, thread_id, {_USAGE_SUMS}
+            FROM usage_rollups WHERE user_id = $1 AND day >= $2 AND day < $3
+            GROUP BY 1, 2, 3 ORDER BY 1, sum(input_tokens) + sum(output_tokens) DESC, 2, 3""",
+        user_id, start, end, by_model,
     )

@@ -45,25 +45,35 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[
     return {r["event_id"] for r in inserted}
 
 
+_SUMS = ("events", "input_tokens", "output_tokens", "cached_input_tokens", "billable_tokens", "cost_micro_usd",
+         "priced_events")
+_ADD = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in _SUMS)  # a constant list of our own column names
+_SUMMED = ", ".join(f"sum({c})" for c in _SUMS)
+
+
 async def add_to_rollups(conn: asyncpg.Connection, sums: dict[tuple[str, date, str, str], list[int]]) -> None:
-    """(user, day, model, thread) += (events, input, output, cached, billable, cost µ$, priced events), in key order
-    so concurrent batches lock rows in the same order."""
+    """(user, day, model, thread) += (events, input, output, cached, billable, cost µ$, priced events), and the same
+    into the by-model and by-month rollups, in one statement; in key order so concurrent batches lock rows in the
+    same order."""
     if not sums:
         return
     keys = sorted(sums)
     columns = list(zip(*(sums[k] for k in keys), strict=True))
     await conn.execute(
-        """INSERT INTO usage_rollups AS r (user_id, day, model, thread_id, events, input_tokens, output_tokens,
-                                           cached_input_tokens, billable_tokens, cost_micro_usd, priced_events)
-           SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
-           ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET
-               events = r.events + EXCLUDED.events, input_tokens = r.input_tokens + EXCLUDED.input_tokens,
-               output_tokens = r.output_tokens + EXCLUDED.output_tokens,
-               cached_input_tokens = r.cached_input_tokens + EXCLUDED.cached_input_tokens,
-               billable_tokens = r.billable_tokens + EXCLUDED.billable_tokens,
-               cost_micro_usd = r.cost_micro_usd + EXCLUDED.cost_micro_usd,
-               priced_events = r.priced_events + EXCLUDED.priced_events""",
+        f"""WITH added (user_id, day, model, thread_id, {", ".join(_SUMS)}) AS (
+               SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                                    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])),
+           fine AS (
+               INSERT INTO usage_rollups AS r SELECT * FROM added
+               ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET {_ADD}),
+           by_model AS (
+               INSERT INTO usage_rollups_by_model AS r
+               SELECT user_id, day, model, {_SUMMED} FROM added GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+               ON CONFLICT (user_id, day, model) DO UPDATE SET {_ADD})
+           INSERT INTO usage_rollups_by_month AS r
+           SELECT user_id, date_trunc('month', day)::date, model, thread_id, {_SUMMED}
+           FROM added GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+           ON CONFLICT (user_id, month, model, thread_id) DO UPDATE SET {_ADD}""",
         [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys], *columns,
     )
 

@@ -17,6 +17,7 @@ from polar.base import PolarRateLimitError
 from polar.v2026_10 import PolarAsync
 from polar.v2026_10 import errors as polar_errors
 
+from shared.polar_budget import Budget, OverBudget, Priority
 from shared.retry import backoff
 from shared.settings import PolarSettings
 
@@ -60,11 +61,21 @@ async def close(client: PolarAsync | None) -> None:
         await client.__aexit__(None, None, None)
 
 
-async def call(what: str, fn: Callable[[], Awaitable[T]], *, attempts: int = 1) -> T:
+async def call(what: str, fn: Callable[[], Awaitable[T]], *, attempts: int = 1, budget: Budget | None = None,
+               priority: Priority = Priority.INTERACTIVE, wait_up_to: float | None = None) -> T:
+    """`fn` (one polar-sdk call), each attempt first taking a unit of the deployment's `budget` at `priority`
+    (shared/polar_budget.py); a 429 is written down there so that every process honours it."""
     for attempt in range(1, attempts + 1):
+        if budget is not None:
+            try:
+                await budget.take(priority, wait_up_to=wait_up_to)
+            except OverBudget as exc:
+                raise PolarRateLimited(exc.retry_after) from None
         try:
             return await fn()
         except PolarRateLimitError as exc:
+            if budget is not None:
+                await budget.rate_limited(exc.retry_after, what)
             raise PolarRateLimited(exc.retry_after) from None
         except polar_errors.HTTPValidationError as exc:
             detail = (exc.error.detail if exc.error else None) or []

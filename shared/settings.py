@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import TypeVar
 
-from pydantic import SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServiceSettings")
@@ -22,10 +22,22 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     nats_url: str
+    # num_replicas of every stream and durable (3 on a 3-node cluster), applied at start-up, raised or lowered in
+    # place. Unset: new ones get 1 and existing ones keep theirs, so a process without it cannot scale R3 down.
+    nats_stream_replicas: int | None = Field(None, ge=1, le=5)
     database_url: str
     log_level: str = "INFO"
     # Where the service's own HTTP port (health, readiness, metrics) listens; 0.0.0.0 in a container.
     http_host: str = "127.0.0.1"
+    # Several processes of one service on one port (make run's INGRESS_WORKERS): the kernel spreads connections.
+    http_reuse_port: bool = False
+    # This process's own port beside a shared one: its /metrics and /readyz, not a neighbour's.
+    instance_http_port: int | None = Field(None, ge=1, le=65535)
+
+    @field_validator("nats_stream_replicas", "instance_http_port", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, v: object) -> object:  # named apart from PolarSettings' (one would hide the other)
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("nats_url")
     @classmethod
@@ -96,9 +108,13 @@ class PolarSettings(BaseSettings):
     polar_pro_product_id: str | None = None
     polar_team_product_id: str | None = None
     polar_tokens_meter_id: str | None = None
+    # The deployment's one Polar budget (shared/polar_budget.py), in requests per window; unset: 100 for sandbox,
+    # 500 for production, 400 for any URL. The window is Polar's minute; tests compress it.
+    polar_requests_per_minute: int | None = Field(None, ge=1, le=100_000)
+    polar_rate_window_seconds: float = Field(60.0, gt=0, le=3600)
 
     @field_validator("polar_access_token", "polar_organization_id", "polar_pro_product_id", "polar_team_product_id",
-                     "polar_tokens_meter_id", mode="before")
+                     "polar_tokens_meter_id", "polar_requests_per_minute", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -115,3 +131,9 @@ class PolarSettings(BaseSettings):
     @property
     def polar_base_url(self) -> str:
         return polar_base_url(self.polar_server)
+
+    @property
+    def polar_budget_per_window(self) -> int:
+        if self.polar_requests_per_minute is not None:
+            return self.polar_requests_per_minute
+        return {"sandbox": 100, "production": 500}.get(self.polar_server, 400)

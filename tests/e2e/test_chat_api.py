@@ -254,8 +254,15 @@ async def test_polar_failures_become_typed_errors_after_bounded_retries(api, fau
             assert exc.value.code == code
             if code == "polar_rate_limited":
                 assert exc.value.retry_after == 9
+                # Every process honours it: the next link request is refused at once, and never reaches Polar.
+                sent = len(admin(emulator, "GET", "events").json()["requests"])
+                with pytest.raises(BillingError) as again:
+                    await client.checkout_url(user(), "team")
+                assert again.value.code == "polar_rate_limited" and 1 <= (again.value.retry_after or 0) <= 9
+                assert len(admin(emulator, "GET", "events").json()["requests"]) == sent
     finally:
         admin(emulator, "DELETE", "faults")
+        await db.execute("DELETE FROM polar_rate_limited")  # the next cases start unthrottled
 
 
 async def test_bad_requests_get_an_error_naming_the_field_never_a_timeout(api) -> None:

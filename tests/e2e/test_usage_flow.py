@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 
 import httpx
 import nats
+from usage_sync.polar_sync import MAX_EVENTS
 
 from polar_emulator.config import TOKENS_METER_ID
 from shared.periods import day_of, month_of
@@ -57,7 +58,7 @@ async def test_ten_thousand_events_published_up_to_three_times_shuffled_are_coun
             "Authorization": f"Bearer {TOKEN}"}, params={"start_timestamp": "2000-01-01T00:00:00Z",
                                                          "end_timestamp": "2100-01-01T00:00:00Z"})).json()
     assert q["total"] == sum(e.billable_tokens for e in events)
-    assert all(b["size"] <= 1000 for b in seen["batches"]) and sum(b["inserted"] for b in seen["batches"]) == 10_000
+    assert all(b["size"] <= MAX_EVENTS for b in seen["batches"]) and sum(b["inserted"] for b in seen["batches"]) == 10_000
     sample = seen["events"][0]
     assert sample["name"] == "ai_usage" and set(sample["metadata"]) >= {"input_tokens", "output_tokens",
                                                                        "cached_input_tokens", "total_tokens",

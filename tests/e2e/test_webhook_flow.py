@@ -60,12 +60,14 @@ async def test_a_subscription_lifecycle_through_the_edge_ends_in_the_right_rows_
                 msg = await sub.next_msg(timeout=3)
                 body = json.loads(msg.data)
                 if body["user_id"] == "usr_1337-e2e":
-                    seen.append((body["old_plan"], body["new_plan"], body["status"]))
+                    seen.append((body["old_plan"], body["new_plan"], body["status"], body["cancel_at_period_end"]))
         except nats.errors.TimeoutError:
             pass
     finally:
         await nc.close()
-    assert seen == [("free", "pro", "active"), ("pro", "pro", "past_due"), ("pro", "free", None)]
+    # Plan, status, and a cancellation at period end (set, then taken back) each count as a change.
+    assert seen == [("free", "pro", "active", False), ("pro", "pro", "active", True), ("pro", "pro", "active", False),
+                    ("pro", "pro", "past_due", False), ("pro", "free", None, False)]
 
 
 async def test_a_webhook_that_keeps_failing_is_dead_lettered_logged_and_replayable(stack, servers) -> None:

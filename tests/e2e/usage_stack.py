@@ -18,7 +18,7 @@ from tests.support.emulator import TOKEN
 def usage_env(nats_url: str, database_url: str, emulator: ServiceProcess, **extra: str) -> dict[str, str]:
     return base_env(NATS_URL=nats_url, DATABASE_URL=database_url, POLAR_ACCESS_TOKEN=TOKEN,
                     POLAR_SERVER=emulator.url, POLAR_FLUSH_INTERVAL_SECONDS="0.2",
-                    POLAR_MAX_REQUESTS_PER_SECOND="8", **extra)
+                    POLAR_MAX_REQUESTS_PER_SECOND="8", POLAR_REQUESTS_PER_MINUTE="960", **extra)
 
 
 async def reset_usage_consumer(nats_url: str) -> None:

@@ -146,9 +146,10 @@ async def test_plan_changes_are_reported_once_per_actual_change(db: asyncpg.Conn
             payload["data"]["modified_at"] = "2026-10-20T00:00:00Z"
             payload["timestamp"] = "2026-10-20T00:00:01Z"
         out = await apply(db, payload, f"wh-{i}")
-        seen += [(c.old_plan, c.old_status, c.new_plan, c.status) for c in out.changes]
-    assert seen == [("free", None, "pro", "active"), ("pro", "active", "pro", "past_due"),
-                    ("pro", "past_due", "free", None)]
+        seen += [(c.old_plan, c.old_status, c.new_plan, c.status, c.cancel_at_period_end) for c in out.changes]
+    # Plan, status, and a cancellation at period end (the chat service tells the user when Pro ends) each count.
+    assert seen == [("free", None, "pro", "active", False), ("pro", "active", "pro", "active", True),
+                    ("pro", "active", "pro", "past_due", False), ("pro", "past_due", "free", None, False)]
 
 
 # --- any order ------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from starlette.applications import Starlette
 
 from shared.service import Service, service_app
 
-from . import cron, handlers, outbox, rpc, runtime
+from . import cron, handlers, outbox, reconcile, rpc, runtime
 from .settings import BillingSettings
 
 SERVICE = "billing"
@@ -18,6 +18,6 @@ def build_app(settings: BillingSettings) -> Starlette:
         build=runtime.build(settings),
         consumers=[handlers.on_webhook],
         endpoints=rpc.ENDPOINTS,
-        loops=[outbox.loop, cron.retention_loop],
+        loops=[outbox.loop, cron.retention_loop, reconcile.loop],
         close=runtime.close,
     ))

@@ -54,15 +54,15 @@ class Ctx:
     conn: asyncpg.Connection
     catalog: PlanCatalog
     webhook: Webhook
-    # user id -> (plan, status) before this event touched them
-    before: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # user id -> (plan, status, cancel at period end) before this event touched them
+    before: dict[str, PlanStatus] = field(default_factory=dict)
     skip_reason: str | None = None
 
     async def touch(self, user_id: str | None) -> None:
         """Lock the user and remember their effective plan before the change."""
         if user_id and user_id not in self.before:
             await repo.lock_user(self.conn, user_id)
-            self.before[user_id] = _plan_status(await repo.effective_plan(self.conn, user_id))
+            self.before[user_id] = await plan_of(self.conn, user_id)
 
     @property
     def webhook_id(self) -> str:
@@ -80,8 +80,36 @@ class Ctx:
         return {"version": obj.version(self.ts), "event_ts": self.ts}
 
 
-def _plan_status(row: asyncpg.Record | None) -> tuple[str, str | None]:
-    return (row["plan"], row["status"]) if row else ("free", None)
+PlanStatus = tuple[str, str | None, bool]
+
+
+def _plan_status(row: asyncpg.Record | None) -> PlanStatus:
+    return (row["plan"], row["status"], bool(row["cancel_at_period_end"])) if row else ("free", None, False)
+
+
+async def plan_of(conn: asyncpg.Connection, user_id: str) -> PlanStatus:
+    """What a change event compares: the user's effective plan, its status, and whether it ends at period end."""
+    return _plan_status(await repo.effective_plan(conn, user_id))
+
+
+async def note_changes(conn: asyncpg.Connection, before: dict[str, PlanStatus], source_id: str,
+                       occurred_at: datetime) -> list[SubscriptionChanged]:
+    """Compare each touched user's plan with what it was, and put a change event in the outbox for each that moved,
+    in the caller's transaction. `source_id`: the webhook id, or `reconcile:<repair id>`."""
+    changes = []
+    for user_id, (old_plan, old_status, old_cancel) in before.items():
+        row = await repo.effective_plan(conn, user_id)
+        new_plan, new_status, new_cancel = _plan_status(row)
+        if (new_plan, new_status, new_cancel) != (old_plan, old_status, old_cancel):
+            changes.append(SubscriptionChanged(
+                user_id=user_id, old_plan=old_plan, new_plan=new_plan, old_status=old_status, status=new_status,
+                subscription_id=row["id"] if row else None,
+                current_period_end=row["current_period_end"] if row else None,
+                cancel_at_period_end=new_cancel, webhook_id=source_id, occurred_at=occurred_at))
+    for change in changes:
+        await repo.add_outbox(conn, SUBSCRIPTION_CHANGED, f"{source_id}:{change.user_id}",
+                              change.model_dump(mode="json"))
+    return changes
 
 
 def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
@@ -92,10 +120,16 @@ def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 def _subscription_row(ctx: Ctx, s: StateSubscription, customer_id: str, user_id: str | None) -> SubscriptionRow:
-    plan = ctx.catalog.for_product(s.product_id)
+    return subscription_row(ctx.catalog, s, customer_id, user_id, source=ctx.webhook_id, **ctx.stamp(s))
+
+
+def subscription_row(catalog: PlanCatalog, s: StateSubscription, customer_id: str, user_id: str | None, *,
+                     source: str, version: datetime, event_ts: datetime) -> SubscriptionRow:
+    """A Polar subscription as our row, whether from a webhook or from reconciliation's listing."""
+    plan = catalog.for_product(s.product_id)
     if plan is None:
         log.warning("subscription.unknown_product", extra={"subscription_id": s.id, "product_id": s.product_id,
-                                                            "webhook_id": ctx.webhook_id})
+                                                            "source": source})
     return SubscriptionRow(
         id=s.id, customer_id=customer_id, user_id=user_id, product_id=s.product_id,
         plan=plan.name.value if plan else None, unknown_product=plan is None, status=s.status,
@@ -103,7 +137,7 @@ def _subscription_row(ctx: Ctx, s: StateSubscription, customer_id: str, user_id:
         current_period_start=s.current_period_start, current_period_end=s.current_period_end,
         cancel_at_period_end=s.cancel_at_period_end, canceled_at=s.canceled_at, started_at=s.started_at,
         ends_at=s.ends_at, ended_at=s.ended_at if isinstance(s, Subscription) else None,
-        checkout_id=s.checkout_id if isinstance(s, Subscription) else None, **ctx.stamp(s))
+        checkout_id=s.checkout_id if isinstance(s, Subscription) else None, version=version, event_ts=event_ts)
 
 
 async def _customer_ref(ctx: Ctx, ref: Any, customer_id: str) -> str | None:
@@ -214,19 +248,6 @@ async def apply_webhook(conn: asyncpg.Connection, catalog: PlanCatalog, webhook:
         if webhook.had_nul:
             note = "; ".join(n for n in (note, "text with U+0000 stored with U+FFFD in its place") if n)
         await repo.finish_webhook(conn, webhook.id, status, note)
-        changes = []
-        for user_id, (old_plan, old_status) in ctx.before.items():
-            row = await repo.effective_plan(conn, user_id)
-            new_plan, new_status = _plan_status(row)
-            if (new_plan, new_status) != (old_plan, old_status):
-                changes.append(SubscriptionChanged(
-                    user_id=user_id, old_plan=old_plan, new_plan=new_plan, old_status=old_status, status=new_status,
-                    subscription_id=row["id"] if row else None,
-                    current_period_end=row["current_period_end"] if row else None,
-                    cancel_at_period_end=bool(row["cancel_at_period_end"]) if row else False,
-                    webhook_id=webhook.id, occurred_at=env.timestamp))
-        for change in changes:
-            await repo.add_outbox(conn, SUBSCRIPTION_CHANGED, f"{webhook.id}:{change.user_id}",
-                                  change.model_dump(mode="json"))
+        changes = await note_changes(conn, ctx.before, webhook.id, env.timestamp)
         failpoints.hit("billing.before_commit", webhook.id)
         return Outcome(status, changes, ctx.skip_reason)

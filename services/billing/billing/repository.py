@@ -392,3 +392,152 @@ async def usage_sums(conn: asyncpg.Connection, user_id: str, start: date, end: d
             GROUP BY 1, 2, 3 ORDER BY 1, sum(input_tokens) + sum(output_tokens) DESC, 2, 3""",
         user_id, start, end, by_model,
     )
+
+
+# --- reconciliation with Polar (reconcile.py) ---------------------------------------------------------------------
+RECONCILED_FIELDS = ("status", "product_id", "current_period_start", "current_period_end", "cancel_at_period_end",
+                     "ends_at")
+
+
+async def state_is_empty(conn: asyncpg.Connection) -> bool:
+    """Nothing learnt from Polar yet: a new installation, which imports the organization first."""
+    return not await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM subscriptions) OR EXISTS (SELECT 1 FROM customers)")
+
+
+async def subscriptions_by_id(conn: asyncpg.Connection, ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        """SELECT id, user_id, status, product_id, current_period_start, current_period_end, cancel_at_period_end,
+                  ends_at, version, event_ts FROM subscriptions WHERE id = ANY($1::text[])""", ids)
+    return {r["id"]: r for r in rows}
+
+
+async def subscription_for_repair(conn: asyncpg.Connection, subscription_id: str) -> asyncpg.Record | None:
+    """The row again, inside the repair's transaction (a webhook may have changed it since the page was read)."""
+    return await conn.fetchrow(
+        """SELECT id, user_id, status, product_id, current_period_start, current_period_end, cancel_at_period_end,
+                  ends_at, version, event_ts FROM subscriptions WHERE id = $1 FOR UPDATE""", subscription_id)
+
+
+async def add_repair(conn: asyncpg.Connection, *, object: str, object_id: str, user_id: str | None,
+                     fields: list[str], before: dict[str, Any] | None, after: dict[str, Any], source: str) -> int:
+    return await conn.fetchval(
+        """INSERT INTO reconcile_repairs (object, object_id, user_id, fields, before, after, source)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+        object, object_id, user_id, fields, before, after, source)
+
+
+async def recent_repairs(conn: asyncpg.Connection, limit: int = 50) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM reconcile_repairs ORDER BY id DESC LIMIT $1", limit)
+
+
+async def start_sweep(conn: asyncpg.Connection, kind: str) -> int:
+    return await conn.fetchval("INSERT INTO reconcile_sweeps (kind) VALUES ($1) RETURNING id", kind)
+
+
+async def finish_sweep(conn: asyncpg.Connection, sweep_id: int, *, compared: int, drifts: int, repairs: int,
+                       error: str | None) -> None:
+    await conn.execute(
+        """UPDATE reconcile_sweeps SET finished_at = now(), compared = $2, drifts = $3, repairs = $4, error = $5
+           WHERE id = $1""", sweep_id, compared, drifts, repairs, error)
+
+
+async def last_sweeps(conn: asyncpg.Connection, limit: int = 10) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM reconcile_sweeps ORDER BY id DESC LIMIT $1", limit)
+
+
+async def priority_users(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
+    """Whose state matters most for access, first: a checkout we created that never produced a subscription, a
+    subscription whose period ended without a renewal, users active today."""
+    rows = await conn.fetch(
+        """SELECT user_id FROM (
+               SELECT user_id, 1 AS rank FROM checkouts
+               WHERE user_id IS NOT NULL AND subscription_id IS NULL AND status IN ('open', 'confirmed')
+                 AND created_at > $1 - interval '2 days'
+               UNION ALL
+               SELECT user_id, 2 FROM subscriptions
+               WHERE user_id IS NOT NULL AND status IN ('active', 'trialing', 'past_due') AND current_period_end < $1
+               UNION ALL
+               SELECT user_id, 3 FROM usage_counters
+               WHERE limit_name = 'messages_per_day' AND period_end > $1) u
+           GROUP BY user_id ORDER BY min(rank), user_id LIMIT $2""",
+        now, limit)
+    return [r["user_id"] for r in rows]
+
+
+async def record_created_checkout(conn: asyncpg.Connection, checkout_id: str, user_id: str,
+                                  product_id: str) -> None:
+    """A checkout we created, before Polar's webhooks say anything of it: reconciliation looks at the user first
+    when no subscription follows. Lowest version: any webhook of it wins."""
+    await conn.execute(
+        """INSERT INTO checkouts (id, user_id, product_id, status, version, event_ts)
+           VALUES ($1, $2, $3, 'open', '-infinity', '-infinity') ON CONFLICT (id) DO NOTHING""",
+        checkout_id, user_id, product_id)
+
+
+async def endpoint_health(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM webhook_endpoint_health")
+
+
+async def set_endpoint_health(conn: asyncpg.Connection, *, endpoint_id: str | None, enabled: bool | None,
+                              healthy_at: datetime | None, note: str | None) -> None:
+    await conn.execute(
+        """INSERT INTO webhook_endpoint_health (id, endpoint_id, enabled, last_healthy_at, checked_at, note)
+           VALUES (true, $1, $2, $3, now(), $4)
+           ON CONFLICT (id) DO UPDATE SET endpoint_id = EXCLUDED.endpoint_id, enabled = EXCLUDED.enabled,
+               last_healthy_at = COALESCE(EXCLUDED.last_healthy_at, webhook_endpoint_health.last_healthy_at),
+               checked_at = now(), note = EXCLUDED.note""",
+        endpoint_id, enabled, healthy_at, note)
+
+
+async def webhooks_done(conn: asyncpg.Connection, webhook_ids: list[str]) -> set[str]:
+    """Of these Polar webhook event ids, those we applied (or skipped) already, or redelivered once."""
+    rows = await conn.fetch(
+        """SELECT webhook_id AS id FROM webhook_log WHERE webhook_id = ANY($1::text[])
+                                                      AND status IN ('applied', 'skipped')
+           UNION SELECT event_id FROM redelivered_webhook_events WHERE event_id = ANY($1::text[])""",
+        webhook_ids)
+    return {r["id"] for r in rows}
+
+
+async def mark_redelivered(conn: asyncpg.Connection, event_id: str) -> bool:
+    return await conn.fetchval(
+        "INSERT INTO redelivered_webhook_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+        event_id) is not None
+
+
+async def metered_periods(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    """Users with tokens in their current billing period, and our ledger's billable tokens in it: sent to Polar
+    (synced) and still in the outbox (pending). Reads usage-sync's counters and ledger, never writes them."""
+    return await conn.fetch(
+        """SELECT c.user_id, c.period_start, c.period_end,
+                  coalesce(sum(e.billable_tokens) FILTER (WHERE e.sync_status = 'synced'), 0)::bigint AS synced,
+                  coalesce(sum(e.billable_tokens) FILTER (WHERE e.sync_status = 'pending'), 0)::bigint AS pending
+           FROM usage_counters c
+           JOIN usage_events e ON e.user_id = c.user_id AND e.occurred_at >= c.period_start
+                               AND e.occurred_at < c.period_end
+           WHERE c.limit_name = 'tokens_per_month' AND c.period_start <= $1 AND c.period_end > $1
+           GROUP BY 1, 2, 3 ORDER BY max(c.updated_at) DESC LIMIT $2""",
+        now, limit)
+
+
+async def note_meter_drift(conn: asyncpg.Connection, user_id: str, period_start: datetime, ledger: int,
+                           polar: int, pending: int) -> bool:
+    """True the first time this user and period drift (or when the numbers changed): log it once."""
+    return await conn.fetchval(
+        """INSERT INTO meter_drifts (user_id, period_start, ledger_tokens, polar_tokens, pending_tokens)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (user_id, period_start) DO UPDATE SET ledger_tokens = EXCLUDED.ledger_tokens,
+               polar_tokens = EXCLUDED.polar_tokens, pending_tokens = EXCLUDED.pending_tokens, found_at = now()
+           WHERE (meter_drifts.ledger_tokens, meter_drifts.polar_tokens)
+                 <> (EXCLUDED.ledger_tokens, EXCLUDED.polar_tokens)
+           RETURNING true""",
+        user_id, period_start, ledger, polar, pending) is not None
+
+
+async def clear_meter_drift(conn: asyncpg.Connection, user_id: str, period_start: datetime) -> None:
+    await conn.execute("DELETE FROM meter_drifts WHERE user_id = $1 AND period_start = $2", user_id, period_start)
+
+
+async def meter_drifts(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM meter_drifts ORDER BY found_at DESC LIMIT $1", limit)

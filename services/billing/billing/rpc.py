@@ -31,6 +31,7 @@ from shared import polar
 from shared.messaging.rpc import Endpoint, RpcError, endpoint
 from shared.periods import Period
 from shared.plans import LimitName
+from shared.polar_budget import Priority
 
 from . import analytics
 from . import repository as repo
@@ -40,6 +41,7 @@ from .runtime import BillingRuntime
 log = logging.getLogger(__name__)
 
 POLAR_ATTEMPTS = 3  # a chat user is waiting: a few quick retries, then an answer
+INTERACTIVE_WAIT = 5.0  # seconds a link request may wait for the Polar budget before "retry in N s"
 
 
 # --- limits ---------------------------------------------------------------------------------------------------
@@ -120,10 +122,12 @@ def polar_of(rt: BillingRuntime) -> PolarAsync:
     return rt.polar
 
 
-async def call_polar(what: str, fn: Any) -> Any:
-    """shared.polar's reading of Polar's answer, as errors the chat service can act on."""
+async def call_polar(rt: BillingRuntime, what: str, fn: Any) -> Any:
+    """shared.polar's reading of Polar's answer, as errors the chat service can act on. A user is waiting: first in
+    the deployment's Polar budget, and told to retry rather than kept waiting past INTERACTIVE_WAIT."""
     try:
-        return await polar.call(what, fn, attempts=POLAR_ATTEMPTS)
+        return await polar.call(what, fn, attempts=POLAR_ATTEMPTS, budget=rt.budget, priority=Priority.INTERACTIVE,
+                                wait_up_to=INTERACTIVE_WAIT)
     except polar.PolarRateLimited as exc:
         raise RpcError("polar_rate_limited", "Polar is rate limiting us; retry later",
                        retry_after=exc.retry_after) from None
@@ -141,13 +145,15 @@ async def checkout(req: CheckoutRequest, rt: BillingRuntime) -> LinkReply:
     client = polar_of(rt)
     base = rt.settings.public_base_url.rstrip("/")
     try:
-        c = await call_polar("checkouts.create", lambda: client.checkouts.create(
+        c = await call_polar(rt, "checkouts.create", lambda: client.checkouts.create(
             products=[product_id], external_customer_id=req.user_id,
             success_url=req.success_url or f"{base}/subscription/success?checkout_id={{CHECKOUT_ID}}",
             return_url=req.return_url or f"{base}/subscription/cancel",
             metadata={"user_id": req.user_id, "plan": req.plan}))
     except polar.PolarRejected as exc:
         raise RpcError("polar_rejected", exc.summary()) from None
+    async with rt.pool.acquire() as conn:  # reconciliation looks at this user first if no subscription follows
+        await repo.record_created_checkout(conn, c.id, req.user_id, product_id)
     log.info("checkout.created", extra={"user_id": req.user_id, "plan": req.plan, "checkout_id": c.id})
     return LinkReply(url=c.url, expires_at=c.expires_at, checkout_id=c.id)
 
@@ -159,7 +165,7 @@ async def portal(req: PortalRequest, rt: BillingRuntime) -> LinkReply:
     if req.return_url:
         kwargs["return_url"] = req.return_url
     try:
-        s = await call_polar("customer_sessions.create", lambda: client.customer_sessions.create(**kwargs))
+        s = await call_polar(rt, "customer_sessions.create", lambda: client.customer_sessions.create(**kwargs))
     except polar.PolarRejected as exc:
         if "does not exist" in exc.summary():
             raise RpcError("no_customer", "Polar has no customer for this user yet (no purchase)") from None

@@ -9,6 +9,7 @@ from polar.v2026_10 import PolarAsync
 
 from shared import polar
 from shared.plans import PlanCatalog
+from shared.polar_budget import Budget
 from shared.runtime import Connections, Runtime
 
 from .settings import BillingSettings
@@ -20,6 +21,7 @@ POLAR_TIMEOUT = 5.0  # a chat user waits on checkout and portal links
 class BillingRuntime(Runtime[BillingSettings]):
     catalog: PlanCatalog
     polar: PolarAsync | None  # None: POLAR_ACCESS_TOKEN unset ("Polar not configured")
+    budget: Budget  # the deployment's one Polar request budget
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # set after a webhook wrote change events
 
 
@@ -27,7 +29,9 @@ def build(settings: BillingSettings) -> Callable[[Connections], Awaitable[Billin
     async def runtime(conns: Connections) -> BillingRuntime:
         return BillingRuntime(**conns.fields(), settings=settings,
                               catalog=PlanCatalog(settings.polar_pro_product_id, settings.polar_team_product_id),
-                              polar=polar.make_client(settings, timeout=POLAR_TIMEOUT))
+                              polar=polar.make_client(settings, timeout=POLAR_TIMEOUT),
+                              budget=Budget(conns.pool, settings.polar_budget_per_window,
+                                            settings.polar_rate_window_seconds))
     return runtime
 
 

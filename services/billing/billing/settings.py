@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.settings import PolarSettings, ServiceSettings
 
@@ -9,3 +9,13 @@ class BillingSettings(ServiceSettings, PolarSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     # Webhook log rows (kept for replay) older than this are deleted.
     webhook_log_retention_days: int = Field(30, ge=1)
+    # Reconciliation with Polar (reconcile.py): a sweep every this many seconds; 0 turns it off.
+    polar_reconcile_interval_seconds: float = Field(900.0, ge=0)
+    # Our webhook endpoint at Polar, to re-enable and redeliver from; unset: the one whose URL is
+    # PUBLIC_BASE_URL + /webhooks/polar.
+    polar_webhook_endpoint_id: str | None = None
+
+    @field_validator("polar_webhook_endpoint_id", mode="before")
+    @classmethod
+    def _endpoint_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v

@@ -3,8 +3,10 @@
 - Rows are taken `FOR UPDATE SKIP LOCKED` and stay locked until Polar answered and the mark is committed, so two
   usage-sync processes never have the same row in flight. A crash in between resends; Polar's dedup on
   `external_id` (= our event id) makes that a `duplicate`, which counts as success.
-- A batch goes when 1,000 events (or 1 MB) are waiting, or when the oldest has waited `flush_interval`;
-  never more than `max_requests_per_second`.
+- A batch goes when `POLAR_INGEST_BATCH_SIZE` events are waiting, or when the oldest has waited `flush_interval`,
+  and takes all that wait, up to 20,000 events or 5 MiB (half Polar's 10 MiB body cap): requests are paced at
+  `max_requests_per_second` and at most half the deployment's Polar budget (shared/polar_budget.py), so at a high
+  rate batches grow instead of requests (5,000 events/s: one request a second of ~5,000 events).
 - 429 → wait Retry-After. 5xx / timeout / network → exponential backoff with jitter, same rows, same ids.
   422 → the events Polar names (by index) are quarantined with its reason and the rest sent again; without an index,
   the batch is bisected until the bad events are alone.
@@ -24,6 +26,7 @@ from polar.v2026_10 import PolarAsync
 from prometheus_client import Counter, Gauge
 
 from shared import polar
+from shared.polar_budget import Priority
 from shared.retry import backoff
 
 from . import repository as repo
@@ -41,7 +44,8 @@ RETRIES = Counter("usage_polar_retries_total", "Retried sends, by cause", ["caus
 LAG_EVENTS = Gauge("usage_outbox_pending_events", "Ledger rows not yet in Polar")
 LAG_SECONDS = Gauge("usage_outbox_oldest_pending_seconds", "Age of the oldest ledger row not yet in Polar")
 
-MAX_BYTES = 1_000_000
+MAX_BYTES = 5 * 1024 * 1024
+MAX_EVENTS = 20_000
 
 
 class Backoff(Exception):
@@ -110,7 +114,8 @@ class PolarSync:
         self.event_name = s.polar_usage_event_name
         self.batch_size = s.polar_ingest_batch_size
         self.flush_interval = s.polar_flush_interval_seconds
-        self.min_gap = 1.0 / s.polar_max_requests_per_second
+        own_share, _ = rt.budget.caps(Priority.INGEST)
+        self.min_gap = max(1.0 / s.polar_max_requests_per_second, rt.budget.window_seconds / own_share)
         self._last_request = 0.0
         self._failures = 0
 
@@ -141,7 +146,7 @@ class PolarSync:
             if n == 0 or (n < self.batch_size and age < self.flush_interval):
                 return 0
             async with conn.transaction():
-                rows = await repo.take_pending(conn, self.batch_size)
+                rows = await repo.take_pending(conn, MAX_EVENTS)
                 now = datetime.now(UTC)
                 batch: list[dict[str, Any]] = []
                 size = 2
@@ -163,7 +168,8 @@ class PolarSync:
         try:
             # Plain dicts in Polar's wire shape (the SDK takes them as its TypedDicts).
             events = cast(Any, batch)
-            result = await polar.call("events.ingest", lambda: self.polar.events.ingest(events=events))
+            result = await polar.call("events.ingest", lambda: self.polar.events.ingest(events=events),
+                                      budget=self.rt.budget, priority=Priority.INGEST)
         except polar.PolarRateLimited as exc:
             BATCHES.labels("rate_limited").inc()
             raise Backoff(float(exc.retry_after or 1), "rate_limited") from exc

@@ -7,18 +7,20 @@ from dataclasses import dataclass, field
 from polar.v2026_10 import PolarAsync
 
 from shared import polar
+from shared.polar_budget import Budget
 from shared.prices import PriceCatalog
 from shared.runtime import Connections, Runtime
 
 from .settings import UsageSyncSettings
 
-POLAR_TIMEOUT = 10.0  # an ingest batch of up to 1 MB
+POLAR_TIMEOUT = 30.0  # an ingest batch of up to 5 MiB
 
 
 @dataclass(kw_only=True)
 class UsageSyncRuntime(Runtime[UsageSyncSettings]):
     polar: PolarAsync | None  # None: POLAR_ACCESS_TOKEN unset; usage is recorded and kept unsynced
     prices: PriceCatalog  # what each event cost, at list price
+    budget: Budget  # the deployment's one Polar request budget
     # Threshold crossings this process saw committed, so a user past 80 % is not re-sent with every batch
     # (the table's key is what keeps each once; this set only saves work, and is emptied when it grows).
     stored_thresholds: set[tuple] = field(default_factory=set)
@@ -28,7 +30,9 @@ def build(settings: UsageSyncSettings) -> Callable[[Connections], Awaitable[Usag
     async def runtime(conns: Connections) -> UsageSyncRuntime:
         return UsageSyncRuntime(**conns.fields(), settings=settings,
                                 polar=polar.make_client(settings, timeout=POLAR_TIMEOUT),
-                                prices=PriceCatalog.load(settings.model_prices_file))
+                                prices=PriceCatalog.load(settings.model_prices_file),
+                                budget=Budget(conns.pool, settings.polar_budget_per_window,
+                                              settings.polar_rate_window_seconds))
     return runtime
 
 

@@ -13,10 +13,12 @@ class UsageSyncSettings(ServiceSettings, PolarSettings):
     usage_batch_size: int = Field(1000, ge=1, le=2000)
     # Batches handled at once by this process (each pull loop has its own subscription on the durable).
     usage_consumers: int = Field(2, ge=1, le=8)
-    # Sending to Polar: events per request (also capped at 1 MB), the longest an event waits, requests per second.
-    polar_ingest_batch_size: int = Field(1000, ge=1, le=5000)
+    # Sending to Polar: a request goes when this many events wait (or the oldest has waited the flush interval) and
+    # takes all that wait (up to 20,000 or 5 MiB); at most this many requests per second, and at most half the
+    # deployment's Polar budget (POLAR_REQUESTS_PER_MINUTE).
+    polar_ingest_batch_size: int = Field(1000, ge=1, le=20_000)
     polar_flush_interval_seconds: float = Field(1.0, gt=0, le=2)
-    polar_max_requests_per_second: float = Field(5.0, gt=0, le=8)
+    polar_max_requests_per_second: float = Field(1.0, gt=0, le=8)
     # A JSON price file whose entries take precedence over the built-in catalog (shared/prices.py says the format).
     model_prices_file: Path | None = None
 

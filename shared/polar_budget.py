@@ -2,7 +2,8 @@
 draws from the same count (docs/polar.md §9: the limit is per organization, shared by every caller, and counted in a
 fixed window whose 429 often says "retry in 60 s": a budget that waits for 429s is already too late).
 
-Each request takes one unit of the current window before it is sent, by priority:
+Each request takes one unit before it is sent, counted over the last window (sliding: whatever second Polar's fixed
+window starts on, it never sees more than the budget), by priority:
 
 | priority     | its own share | the window's total it may fill |
 |--------------|---------------|--------------------------------|
@@ -72,26 +73,19 @@ class Budget:
         own, total = SHARES[priority]
         return max(1, math.floor(self.per_window * own)), max(1, math.floor(self.per_window * total))
 
-    def window(self, now: float) -> tuple[datetime, float]:
-        """The fixed window `now` falls in (aligned to the epoch, as a fixed-window limiter keys its counts), and the
-        seconds until the next one."""
-        start = math.floor(now / self.window_seconds) * self.window_seconds
-        return datetime.fromtimestamp(start, UTC), start + self.window_seconds - now
-
     async def take(self, priority: Priority, *, wait_up_to: float | None = None) -> None:
-        """One request's unit of the budget, waiting for the next window (or a 429's end) when this one is spent.
-        `wait_up_to`: the longest to wait before OverBudget (interactive callers); None waits as long as it takes."""
+        """One request's unit of the budget, waiting until one frees (or a 429's wait ends) when the last window's
+        is spent. `wait_up_to`: the longest to wait before OverBudget (interactive callers); None: as long as it
+        takes."""
         own, total = self.caps(priority)
         t0 = time.monotonic()
         while True:
-            now = time.time()
-            window, left = self.window(now)
-            taken, until = await repo.take_polar_request(self.pool, window, priority.value, own, total)
+            async with self.pool.acquire() as conn:
+                taken, wait = await repo.take_polar_request(conn, self.window_seconds, priority.value, own, total)
             if taken:
                 TAKEN.labels(priority.value).inc()
                 WAITED.labels(priority.value).observe(time.monotonic() - t0)
                 return
-            wait = max(0.01, (until.timestamp() - now) if until else left)
             if wait_up_to is not None and time.monotonic() - t0 + wait > wait_up_to:
                 REFUSED.labels(priority.value).inc()
                 raise OverBudget(max(1, math.ceil(wait)))
@@ -104,7 +98,3 @@ class Budget:
         until = datetime.now(UTC) + timedelta(seconds=wait)
         log.warning("polar.rate_limited", extra={"call": what, "retry_after": wait})
         await repo.note_polar_rate_limited(self.pool, until, what)
-
-    async def forget_old_windows(self) -> None:
-        await repo.forget_polar_windows(self.pool, datetime.now(UTC) - timedelta(days=1))
-

@@ -35,28 +35,35 @@ async def get_dead_letter(conn: asyncpg.Connection, dead_letter_id: int) -> asyn
 
 
 # --- the Polar request budget (shared/polar_budget.py) -------------------------------------------------------------
-async def take_polar_request(conn: asyncpg.Connection | asyncpg.Pool, window_start: datetime, priority: str,
-                             own_cap: int, total_cap: int) -> tuple[bool, datetime | None]:
-    """Count one request of `priority` (interactive | ingest | reconcile) in the window if that priority has used
-    fewer than `own_cap` and everyone fewer than `total_cap`, and nobody was told to wait by a 429.
-    Returns (taken, the end of a 429's wait when one is in force)."""
-    row = await conn.fetchrow(
-        """WITH blocked AS (SELECT until FROM polar_rate_limited WHERE until > now()),
-           taken AS (
-               INSERT INTO polar_request_budget AS b (window_start, interactive, ingest, reconcile)
-               SELECT $1, ($2 = 'interactive')::int, ($2 = 'ingest')::int, ($2 = 'reconcile')::int
-               WHERE NOT EXISTS (SELECT 1 FROM blocked) AND $3 > 0 AND $4 > 0
-               ON CONFLICT (window_start) DO UPDATE SET
-                   interactive = b.interactive + ($2 = 'interactive')::int,
-                   ingest = b.ingest + ($2 = 'ingest')::int, reconcile = b.reconcile + ($2 = 'reconcile')::int
-               WHERE CASE $2 WHEN 'interactive' THEN b.interactive WHEN 'ingest' THEN b.ingest
-                             ELSE b.reconcile END < $3
-                 AND b.interactive + b.ingest + b.reconcile < $4
-               RETURNING 1)
-           SELECT EXISTS (SELECT 1 FROM taken) AS taken, (SELECT until FROM blocked) AS until""",
-        window_start, priority, own_cap, total_cap,
-    )
-    return bool(row["taken"]), row["until"]
+async def take_polar_request(conn: asyncpg.Connection, window_seconds: float, priority: str, own_cap: int,
+                             total_cap: int) -> tuple[bool, float]:
+    """Count one request of `priority` (interactive | ingest | reconcile) if, over the last window, that priority
+    sent fewer than `own_cap` and everyone fewer than `total_cap`, and no 429 is in force. Returns (taken, seconds
+    until a retry may succeed). One deployment-wide lock: two processes never both take the last unit."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('polar.budget'))")
+        row = await conn.fetchrow(
+            """WITH recent AS (SELECT at, priority FROM polar_requests
+                               WHERE at > clock_timestamp() - make_interval(secs => $1))
+               SELECT (SELECT until FROM polar_rate_limited WHERE until > clock_timestamp()) AS until,
+                      count(*) FILTER (WHERE priority = $2) AS own, count(*) AS total,
+                      (SELECT at FROM recent WHERE priority = $2 ORDER BY at DESC OFFSET $3 - 1 LIMIT 1) AS own_nth,
+                      (SELECT at FROM recent ORDER BY at DESC OFFSET $4 - 1 LIMIT 1) AS total_nth,
+                      clock_timestamp() AS now
+               FROM recent""",
+            window_seconds, priority, own_cap, total_cap)
+        now = row["now"]
+        if row["until"] is not None:
+            return False, (row["until"] - now).total_seconds()
+        if row["own"] < own_cap and row["total"] < total_cap:
+            await conn.execute("DELETE FROM polar_requests WHERE at < $1::timestamptz - make_interval(secs => $2)",
+                               now, window_seconds)  # what nobody counts any more: a window's worth at most
+            await conn.execute("INSERT INTO polar_requests (priority) VALUES ($1)", priority)
+            return True, 0.0
+        # The unit that frees first: when the oldest request still counted against the cap that binds leaves.
+        oldest = [t for t, full in ((row["own_nth"], row["own"] >= own_cap),
+                                    (row["total_nth"], row["total"] >= total_cap)) if full and t is not None]
+        return False, max(0.01, max((t - now).total_seconds() + window_seconds for t in oldest) if oldest else 0.1)
 
 
 async def note_polar_rate_limited(conn: asyncpg.Connection | asyncpg.Pool, until: datetime, path: str) -> None:
@@ -66,13 +73,3 @@ async def note_polar_rate_limited(conn: asyncpg.Connection | asyncpg.Pool, until
                                           path = EXCLUDED.path""",
         until, path,
     )
-
-
-async def polar_requests_used(conn: asyncpg.Connection | asyncpg.Pool,
-                              since: datetime) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT * FROM polar_request_budget WHERE window_start >= $1 ORDER BY window_start", since)
-
-
-async def forget_polar_windows(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> None:
-    await conn.execute("DELETE FROM polar_request_budget WHERE window_start < $1", before)

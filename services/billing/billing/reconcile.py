@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
+import httpx
 from polar.base import PolarClientError
 from polar.v2026_10 import PolarAsync
 from prometheus_client import Counter, Gauge
@@ -74,6 +75,8 @@ PRIORITY_USERS = 100  # listings per sweep for the users who matter most
 METER_USERS = 200  # meter comparisons per sweep
 POLAR_ATTEMPTS_PER_EVENT = 10  # Polar's own retries of a webhook before it gives up (docs/polar.md)
 GIVE_UP_LOOKBACK = timedelta(hours=6)
+REDELIVERIES = 3  # per event, while it is not applied
+REDELIVER_AGAIN_AFTER = timedelta(seconds=30)
 FIRST_LOOKBACK = timedelta(days=3)  # the first check of an endpoint: how far back failed deliveries are redelivered
 WEBHOOK_PATH = "/webhooks/polar"
 
@@ -285,6 +288,10 @@ class Reconciler:
         last_healthy = health["last_healthy_at"] if health and health["last_healthy_at"] else now - FIRST_LOOKBACK
         outcome = "healthy"
         if not ep.enabled:
+            if not await self._our_edge_answers():
+                # Enabled now, Polar would only fail (and disable it) again: wait for ingress.
+                log.warning("reconcile.webhook_endpoint_disabled_and_ingress_down", extra={"endpoint_id": ep.id})
+                return self._endpoint_result("failed", ep.id, False)
             try:
                 await self.call("webhooks.update_webhook_endpoint", lambda: self.polar.webhooks.update_webhook_endpoint(
                     ep.id, enabled=True))
@@ -306,6 +313,14 @@ class Reconciler:
                                            note=f"{outcome}; {result.redelivered} event(s) redelivered")
         return self._endpoint_result(outcome, ep.id, True)
 
+    async def _our_edge_answers(self) -> bool:
+        """Ingress's readiness, at the address Polar delivers to."""
+        try:
+            async with httpx.AsyncClient(timeout=3.0) as http:
+                return (await http.get(self.settings.public_base_url.rstrip("/") + "/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def _endpoint_result(self, outcome: str, endpoint_id: str | None, enabled: bool | None) -> str:
         ENDPOINT_CHECKS.labels(outcome).inc()
         ENDPOINT_ENABLED.set(-1 if enabled is None else int(enabled))
@@ -314,7 +329,9 @@ class Reconciler:
     async def _redeliver(self, endpoint_id: str, since: datetime, *, everything_failed: bool) -> int:
         """Failed deliveries → their events, each redelivered once unless we applied it already. After a re-enable,
         every event that failed since the endpoint was last healthy; otherwise only those Polar gave up on."""
-        start = since if everything_failed else min(since, self.now() - GIVE_UP_LOOKBACK)
+        # Never less than the lookback: "enabled" is not "delivering", so the last healthy check may postdate the
+        # first failures; what we applied already is skipped below, so a wider look costs only listing pages.
+        start = min(since, self.now() - GIVE_UP_LOOKBACK)
         failures: Tally[str] = Tally()
         succeeded: set[str] = set()
         page = 1
@@ -336,7 +353,8 @@ class Reconciler:
         if not wanted:
             return 0
         async with self.pool.acquire() as conn:
-            done = await repo.webhooks_done(conn, wanted)
+            # A redelivery that failed too (our edge still down) is asked again a few sweeps later, never forever.
+            done = await repo.webhooks_done(conn, wanted, self.now() - REDELIVER_AGAIN_AFTER, REDELIVERIES)
         sent = 0
         for event_id in wanted:
             if event_id in done:

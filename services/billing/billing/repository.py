@@ -453,7 +453,7 @@ async def priority_users(conn: asyncpg.Connection, now: datetime, limit: int) ->
         """SELECT user_id FROM (
                SELECT user_id, 1 AS rank FROM checkouts
                WHERE user_id IS NOT NULL AND subscription_id IS NULL AND status IN ('open', 'confirmed')
-                 AND created_at > $1 - interval '2 days'
+                 AND created_at > $1::timestamptz - interval '2 days'
                UNION ALL
                SELECT user_id, 2 FROM subscriptions
                WHERE user_id IS NOT NULL AND status IN ('active', 'trialing', 'past_due') AND current_period_end < $1
@@ -490,20 +490,25 @@ async def set_endpoint_health(conn: asyncpg.Connection, *, endpoint_id: str | No
         endpoint_id, enabled, healthy_at, note)
 
 
-async def webhooks_done(conn: asyncpg.Connection, webhook_ids: list[str]) -> set[str]:
-    """Of these Polar webhook event ids, those we applied (or skipped) already, or redelivered once."""
+async def webhooks_done(conn: asyncpg.Connection, webhook_ids: list[str], retry_after: datetime,
+                        max_attempts: int) -> set[str]:
+    """Of these Polar webhook event ids, those not to redeliver now: applied (or skipped) already, redelivered
+    since `retry_after`, or redelivered `max_attempts` times."""
     rows = await conn.fetch(
         """SELECT webhook_id AS id FROM webhook_log WHERE webhook_id = ANY($1::text[])
                                                       AND status IN ('applied', 'skipped')
-           UNION SELECT event_id FROM redelivered_webhook_events WHERE event_id = ANY($1::text[])""",
-        webhook_ids)
+           UNION SELECT event_id FROM redelivered_webhook_events
+                 WHERE event_id = ANY($1::text[]) AND (redelivered_at > $2 OR attempts >= $3)""",
+        webhook_ids, retry_after, max_attempts)
     return {r["id"] for r in rows}
 
 
-async def mark_redelivered(conn: asyncpg.Connection, event_id: str) -> bool:
-    return await conn.fetchval(
-        "INSERT INTO redelivered_webhook_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
-        event_id) is not None
+async def mark_redelivered(conn: asyncpg.Connection, event_id: str) -> None:
+    await conn.execute(
+        """INSERT INTO redelivered_webhook_events (event_id) VALUES ($1)
+           ON CONFLICT (event_id) DO UPDATE SET attempts = redelivered_webhook_events.attempts + 1,
+                                                redelivered_at = now()""",
+        event_id)
 
 
 async def metered_periods(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:

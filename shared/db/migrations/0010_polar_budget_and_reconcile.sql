@@ -1,11 +1,11 @@
 -- One Polar request budget for the whole deployment (shared/polar_budget.py): every process of billing and
--- usage-sync counts its requests here, per fixed window and priority, before it sends them.
-CREATE TABLE polar_request_budget (
-    window_start  timestamptz PRIMARY KEY,
-    interactive   integer NOT NULL DEFAULT 0,  -- checkout and portal links: a user is waiting
-    ingest        integer NOT NULL DEFAULT 0,  -- usage events
-    reconcile     integer NOT NULL DEFAULT 0   -- reconciliation and the webhook endpoint's health
+-- usage-sync writes a row here before each request it sends, and counts the rows of the last window first (a sliding
+-- window: whatever minute Polar's fixed window starts on, it never holds more than the budget).
+CREATE TABLE polar_requests (
+    at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    priority  text NOT NULL  -- interactive (checkout, portal) | ingest (usage) | reconcile
 );
+CREATE INDEX polar_requests_at ON polar_requests (at);
 
 -- A 429 from Polar, honoured by every process: nobody sends before `until`.
 CREATE TABLE polar_rate_limited (
@@ -50,7 +50,8 @@ CREATE TABLE webhook_endpoint_health (
 );
 
 CREATE TABLE redelivered_webhook_events (
-    event_id        text PRIMARY KEY,       -- Polar's webhook event id: redelivered once
+    event_id        text PRIMARY KEY,       -- Polar's webhook event id
+    attempts        integer NOT NULL DEFAULT 1,  -- redeliveries asked for (again only while it is not applied)
     redelivered_at  timestamptz NOT NULL DEFAULT now()
 );
 

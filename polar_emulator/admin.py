@@ -1,4 +1,6 @@
-"""The emulator's admin API (under /__emulator__/): faults, lifecycle simulation, delivery modes, inspection."""
+"""The emulator's admin API (under /__emulator__/): faults, lifecycle simulation, delivery modes, inspection; and for
+reconciliation: silent subscription changes, bulk seeding, the webhook endpoint's state and deliveries, token scopes,
+the rate limit and the 429s it served."""
 from __future__ import annotations
 
 import time
@@ -9,10 +11,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .delivery import Mode
+from . import scopes
+from .delivery import Deliverer, Mode
 from .lifecycle import Lifecycle, LifecycleError
 from .middleware import ADMIN_PREFIX
+from .silent_changes import ChangeError, change_subscription, seed
 from .state import Fault, IngestRule
+from .webhook_endpoints import delivery_to_polar, failure_streak
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -128,8 +133,105 @@ async def reset(request: Request) -> Response:
     old: Store = request.app.state.store
     fresh = Store(old.settings)
     old.__dict__.update(fresh.__dict__)
-    request.app.state.deliverer.events.clear()
+    request.app.state.deliverer.reset()
     return JSONResponse({"reset": True})
+
+
+def _error(exc: ChangeError) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=409 if exc.conflict else 400)
+
+
+async def change_subscription_silently(request: Request) -> Response:
+    """PATCH /__emulator__/subscriptions/{subscription id | external customer id} {"status", "product_id",
+    "cancel_at_period_end", "ends_at", "current_period_start", "current_period_end", "revoke": true}: no webhook."""
+    store, ref = request.app.state.store, request.path_params["ref"]
+    sub = store.subscriptions.get(ref)
+    if sub is None:
+        try:
+            sub = request.app.state.lifecycle.subscription_of(ref)
+        except LifecycleError:
+            return JSONResponse({"error": f"no subscription {ref} and no customer with that external id"},
+                                status_code=404)
+    try:
+        return JSONResponse(change_subscription(request.app.state.lifecycle, sub, await _body(request)))
+    except ChangeError as exc:
+        return _error(exc)
+
+
+async def seed_customers(request: Request) -> Response:
+    """POST /__emulator__/seed {"count": 300, "prefix": "seed-", "mix": {"team": 50, "trialing": 5, "canceling": 5,
+    "past_due": 10, "canceled": 20, "unpaid": 5, "incomplete": 5}, "without_external_id": 3}: the rest of `count` is
+    Pro, active. No webhook is sent."""
+    b = await _body(request)
+    try:
+        return JSONResponse(seed(request.app.state.lifecycle, b.get("count", 0), str(b.get("prefix", "seed-")),
+                                 b.get("mix") or {}, b.get("without_external_id", 0)), status_code=201)
+    except ChangeError as exc:
+        return _error(exc)
+
+
+def _endpoint_state(request: Request) -> dict[str, Any]:
+    d: Deliverer = request.app.state.deliverer
+    ep, settings = d.endpoint, request.app.state.store.settings
+    mine = [e for e in d.events if e.endpoint_id == ep.id]
+    return {"endpoint": ep.to_polar(), "disabled_at": ep.disabled_at, "failure_streak": failure_streak(ep, d.events),
+            "disable_after": settings.webhook_disable_after, "reject_local_urls": settings.webhook_reject_local_urls,
+            "events": {"total": len(mine), "succeeded": sum(e.succeeded is True for e in mine),
+                       "failed": sum(e.succeeded is False for e in mine), "skipped": sum(e.skipped for e in mine),
+                       "pending": sum(e.succeeded is None and not e.skipped for e in mine)},
+            "deliveries": sum(len(e.deliveries) for e in mine)}
+
+
+async def webhook_endpoint(request: Request) -> Response:
+    """GET: the endpoint as Polar shows it, its failure streak and event counts. POST {"enabled", "url",
+    "reject_local_urls", "disable_after"}: set them directly (no validation, no Polar rules)."""
+    if request.method == "POST":
+        b, ep = await _body(request), request.app.state.deliverer.endpoint
+        settings = request.app.state.store.settings
+        if "enabled" in b:
+            ep.enabled = bool(b["enabled"])
+            ep.touch()
+        if "url" in b:
+            ep.url = b["url"]
+        if "reject_local_urls" in b:
+            settings.webhook_reject_local_urls = bool(b["reject_local_urls"])
+        if "disable_after" in b:
+            settings.webhook_disable_after = max(1, int(b["disable_after"]))
+    return JSONResponse(_endpoint_state(request))
+
+
+async def inspect_deliveries(request: Request) -> Response:
+    """Every delivery (HTTP attempt) in Polar's shape, oldest first; ?wait=s first waits for sends in flight."""
+    d: Deliverer = request.app.state.deliverer
+    await d.drain(timeout=float(request.query_params.get("wait", 0)) or 0.001)
+    rows = sorted(((x, e) for e in d.events for x in e.deliveries), key=lambda r: r[0].created_at)
+    return JSONResponse({"deliveries": [delivery_to_polar(x, e) for x, e in rows]})
+
+
+async def rate_limit(request: Request) -> Response:
+    """GET: the limit, the window, and the 429s served per path (`throttled`: by the rate limit, i.e. caused by the
+    callers' own traffic; `injected`: by a fault). POST {"per_minute", "window_seconds"} changes the limit."""
+    store = request.app.state.store
+    if request.method == "POST":
+        b = await _body(request)
+        if "per_minute" in b:
+            store.settings.rate_limit_per_minute = int(b["per_minute"])
+        if "window_seconds" in b:
+            store.settings.rate_limit_window_seconds = float(b["window_seconds"])
+    return JSONResponse({"per_window": store.settings.rate_limit_per_minute,
+                         "window_seconds": store.settings.rate_limit_window_seconds,
+                         "window": store.rate_window(store.settings.access_token),
+                         "throttled": dict(store.throttled), "throttled_total": sum(store.throttled.values()),
+                         "injected": dict(store.injected_429)})
+
+
+async def token_scopes(request: Request) -> Response:
+    """POST {"scopes": ["webhooks:read", ...]} (null: every scope): what the API token may do from now on."""
+    store = request.app.state.store
+    if request.method == "POST":
+        value = (await _body(request)).get("scopes")
+        store.token_scopes = None if value is None else scopes.parse(" ".join(value))
+    return JSONResponse({"scopes": None if store.token_scopes is None else sorted(store.token_scopes)})
 
 
 async def health(request: Request) -> Response:
@@ -148,4 +250,10 @@ ROUTES = [
     Route(f"{ADMIN_PREFIX}/events", inspect_events, methods=["GET"]),
     Route(f"{ADMIN_PREFIX}/webhooks", inspect_webhooks, methods=["GET"]),
     Route(f"{ADMIN_PREFIX}/reset", reset, methods=["POST"]),
+    Route(f"{ADMIN_PREFIX}/subscriptions/{{ref}}", change_subscription_silently, methods=["PATCH"]),
+    Route(f"{ADMIN_PREFIX}/seed", seed_customers, methods=["POST"]),
+    Route(f"{ADMIN_PREFIX}/webhook-endpoint", webhook_endpoint, methods=["GET", "POST"]),
+    Route(f"{ADMIN_PREFIX}/deliveries", inspect_deliveries, methods=["GET"]),
+    Route(f"{ADMIN_PREFIX}/rate-limit", rate_limit, methods=["GET", "POST"]),
+    Route(f"{ADMIN_PREFIX}/token-scopes", token_scopes, methods=["GET", "POST"]),
 ]

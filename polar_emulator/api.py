@@ -1,18 +1,21 @@
-"""Polar's endpoints (2026-10): paths, status codes, bodies and error shapes as Polar's server answers them."""
+"""Polar's endpoints (2026-10): paths, status codes, bodies and error shapes as Polar's server answers them.
+
+Lists page and filter as query.py describes; the webhook endpoints live in webhooks_api.py."""
 from __future__ import annotations
 
-import math
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from . import ingest
+from . import ingest, query
+from .scopes import scoped
+from .spec import subscription_statuses
 from .state import Store, iso
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,10 +40,10 @@ async def json_body(request: Request) -> Any:
         return None
 
 
-async def parse_body(request: Request, model: type[M]) -> M | JSONResponse:
+async def parse_body(request: Request, model: type[M], context: dict[str, Any] | None = None) -> M | JSONResponse:
     """The request body as `model`, or the 422 Polar's FastAPI server would give."""
     try:
-        return model.model_validate(await json_body(request))
+        return model.model_validate(await json_body(request), context=context)
     except ValidationError as exc:
         return validation_error([{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
                                  for e in exc.errors(include_url=False)])
@@ -146,35 +149,92 @@ async def customer_external_state(request: Request) -> Response:
     return JSONResponse(store.state(c)) if c else not_found()
 
 
-def _page(request: Request) -> tuple[int, int] | JSONResponse:
-    try:
-        page, limit = int(request.query_params.get("page", 1)), int(request.query_params.get("limit", 10))
-    except ValueError:
-        page = limit = 0
-    if page < 1 or not 1 <= limit <= 100:
-        return validation_error([{"loc": ["query", "page" if page < 1 else "limit"],
-                                  "msg": "Input should be a valid page", "type": "value_error"}])
-    return page, limit
+SUB_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "customer": lambda s: (s.get("customer") or {}).get("email"),
+    "status": lambda s: s["status"],
+    "started_at": lambda s: s.get("started_at"),
+    "current_period_end": lambda s: s.get("current_period_end"),
+    "ended_at": lambda s: s.get("ended_at"),
+    "ends_at": lambda s: s.get("ends_at"),
+    "amount": lambda s: s.get("amount"),
+    "product": lambda s: (s.get("product") or {}).get("name"),
+    "discount": lambda s: s.get("discount_id"),
+}
+# Polar's `Subscription.active` / `.revoked` hybrids: past_due, incomplete and paused are in neither.
+ACTIVE, REVOKED = ("active", "trialing"), ("canceled", "unpaid")
 
 
 async def subscriptions_list(request: Request) -> Response:
+    """Every filter is an AND; repeated keys of one filter are an OR (Polar's `MultipleQueryFilter`)."""
     store = store_of(request)
-    paging = _page(request)
-    if isinstance(paging, JSONResponse):
-        return paging
-    page, limit = paging
-    subs = sorted(store.subscriptions.values(), key=lambda s: s["created_at"], reverse=True)
-    ext = request.query_params.get("external_customer_id")
-    if ext is not None:
-        c = store.customers.get(ext)
-        subs = [s for s in subs if c and s["customer_id"] == c["id"]]
-    active = request.query_params.get("active")
+    page, limit = query.pagination(request)
+    customer_ids = query.uuids(request, "customer_id")
+    external_ids = query.strings(request, "external_customer_id")
+    product_ids = query.uuids(request, "product_id")
+    statuses = query.one_of(request, "status", subscription_statuses())
+    active = query.boolean(request, "active")
+    cancel_at_period_end = query.boolean(request, "cancel_at_period_end")
+    started_after, started_before = query.timestamp(request, "started_after"), query.timestamp(request, "started_before")
+    subs = list(store.subscriptions.values())
+    if customer_ids is not None:
+        subs = [s for s in subs if s["customer_id"] in customer_ids]
+    if external_ids is not None:
+        owners = {store.customers[e]["id"] for e in external_ids if e in store.customers}
+        subs = [s for s in subs if s["customer_id"] in owners]
+    if product_ids is not None:
+        subs = [s for s in subs if s["product_id"] in product_ids]
+    if statuses is not None:
+        subs = [s for s in subs if s["status"] in statuses]
     if active is not None:
-        want = active.lower() == "true"
-        subs = [s for s in subs if (s["status"] in ("active", "trialing")) == want]
-    items = subs[(page - 1) * limit: page * limit]
-    return JSONResponse({"items": items, "pagination": {"total_count": len(subs),
-                                                        "max_page": max(1, math.ceil(len(subs) / limit))}})
+        subs = [s for s in subs if s["status"] in (ACTIVE if active else REVOKED)]
+    if cancel_at_period_end is not None:
+        subs = [s for s in subs if bool(s.get("cancel_at_period_end")) == cancel_at_period_end]
+    if started_after is not None:
+        subs = [s for s in subs if s.get("started_at") and query.parse_time(s["started_at"]) > started_after]
+    if started_before is not None:
+        subs = [s for s in subs if s.get("started_at") and query.parse_time(s["started_at"]) < started_before]
+    return query.page_of(query.sort(subs, request, SUB_SORT_KEYS, "-started_at"), page, limit)
+
+
+async def subscription_get(request: Request) -> Response:
+    query.path_uuid(request.path_params["id"])
+    sub = store_of(request).subscriptions.get(request.path_params["id"])
+    return JSONResponse(sub) if sub else not_found()
+
+
+CUSTOMER_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "created_at": lambda c: c["created_at"],
+    "email": lambda c: c.get("email"),
+    "name": lambda c: c.get("name"),
+}
+
+
+async def customers_list(request: Request) -> Response:
+    """`email` is exact (case-insensitive), `query` matches name, email or external id; `active` means at least one
+    trialing, active or past_due subscription (the document's words). The 2026-10 document has no `external_id`
+    filter: `query` or `GET /v1/customers/external/{id}` find one."""
+    store = store_of(request)
+    page, limit = query.pagination(request)
+    email, text = request.query_params.get("email"), request.query_params.get("query")
+    active = query.boolean(request, "active")
+    customers = list(store.all_customers())
+    if email is not None:
+        customers = [c for c in customers if (c.get("email") or "").lower() == email.lower()]
+    if text is not None:
+        needle = text.lower()
+        customers = [c for c in customers
+                     if any(needle in (c.get(k) or "").lower() for k in ("name", "email", "external_id"))]
+    if active is not None:
+        billable = {s["customer_id"] for s in store.subscriptions.values()
+                    if s["status"] in ("trialing", "active", "past_due")}
+        customers = [c for c in customers if (c["id"] in billable) == active]
+    return query.page_of(query.sort(customers, request, CUSTOMER_SORT_KEYS, "-created_at"), page, limit)
+
+
+async def customer_get(request: Request) -> Response:
+    query.path_uuid(request.path_params["id"])
+    c = store_of(request).customer_by_id(request.path_params["id"])
+    return JSONResponse(c) if c else not_found()
 
 
 async def meter_quantities(request: Request) -> Response:
@@ -193,10 +253,7 @@ async def meter_quantities(request: Request) -> Response:
 
 async def customer_meters_list(request: Request) -> Response:
     store = store_of(request)
-    paging = _page(request)
-    if isinstance(paging, JSONResponse):
-        return paging
-    page, limit = paging
+    page, limit = query.pagination(request)
     q = request.query_params
     customers = list(store.customers.values())
     if q.get("external_customer_id") is not None:
@@ -205,18 +262,19 @@ async def customer_meters_list(request: Request) -> Response:
         customers = [c for c in customers if c["id"] == q["customer_id"]]
     if q.get("meter_id") not in (None, store.settings.tokens_meter_id):
         customers = []
-    items = [store.customer_meter(c) for c in customers]
-    return JSONResponse({"items": items[(page - 1) * limit: page * limit],
-                         "pagination": {"total_count": len(items), "max_page": max(1, math.ceil(len(items) / limit))}})
+    return query.page_of([store.customer_meter(c) for c in customers], page, limit)
 
 
-ROUTES = [
-    Route("/v1/customer-meters/", customer_meters_list, methods=["GET"]),
-    Route("/v1/events/ingest", events_ingest, methods=["POST"]),
-    Route("/v1/checkouts/", checkouts_create, methods=["POST"]),
-    Route("/v1/customer-sessions/", customer_sessions_create, methods=["POST"]),
-    Route("/v1/customers/external/{external_id}", customer_external, methods=["GET"]),
-    Route("/v1/customers/external/{external_id}/state", customer_external_state, methods=["GET"]),
-    Route("/v1/subscriptions/", subscriptions_list, methods=["GET"]),
-    Route("/v1/meters/{meter_id}/quantities", meter_quantities, methods=["GET"]),
+ROUTES = [  # customers/external before customers/{id}; each route checks the scopes the document lists for it
+    scoped("/v1/customer-meters/", customer_meters_list, "GET"),
+    scoped("/v1/events/ingest", events_ingest, "POST"),
+    scoped("/v1/checkouts/", checkouts_create, "POST"),
+    scoped("/v1/customer-sessions/", customer_sessions_create, "POST"),
+    scoped("/v1/customers/", customers_list, "GET"),
+    scoped("/v1/customers/external/{external_id}", customer_external, "GET"),
+    scoped("/v1/customers/external/{external_id}/state", customer_external_state, "GET"),
+    scoped("/v1/customers/{id}", customer_get, "GET"),
+    scoped("/v1/subscriptions/", subscriptions_list, "GET"),
+    scoped("/v1/subscriptions/{id}", subscription_get, "GET"),
+    scoped("/v1/meters/{meter_id}/quantities", meter_quantities, "GET"),
 ]

@@ -7,7 +7,10 @@
     python -m polar_emulator.cli reject-events --key model --value bad
     python -m polar_emulator.cli clear
     python -m polar_emulator.cli delivery [--copies 1-5] [--shuffle] [--concurrent] [--scheme standard|legacy]
-    python -m polar_emulator.cli events | webhooks
+    python -m polar_emulator.cli seed 300 [--prefix seed-] [--mix team=50,past_due=10,canceled=20] [--anonymous 3]
+    python -m polar_emulator.cli drift usr_1 status=past_due product_id=<id> cancel_at_period_end=true revoke=true
+    python -m polar_emulator.cli endpoint [--enable | --disable]
+    python -m polar_emulator.cli events | webhooks | deliveries | rate-limit
 """
 from __future__ import annotations
 
@@ -46,8 +49,20 @@ def main(argv: list[str] | None = None, prog: str = "python -m polar_emulator.cl
     d.add_argument("--shuffle", action="store_true")
     d.add_argument("--concurrent", action="store_true")
     d.add_argument("--scheme", choices=["standard", "legacy"])
-    sub.add_parser("events")
-    sub.add_parser("webhooks")
+    seed = sub.add_parser("seed", help="customers and subscriptions, without webhooks")
+    seed.add_argument("count", type=int)
+    seed.add_argument("--prefix", default="seed-")
+    seed.add_argument("--mix", default="", help="kind=count,…: team, trialing, canceling, past_due, canceled, "
+                                                 "unpaid, incomplete (the rest: pro)")
+    seed.add_argument("--anonymous", type=int, default=0, help="customers without an external id")
+    drift = sub.add_parser("drift", help="change a subscription without a webhook")
+    drift.add_argument("ref", help="subscription id or external customer id")
+    drift.add_argument("changes", nargs="+", help="key=value (JSON values: true, null, numbers)")
+    ep = sub.add_parser("endpoint", help="the webhook endpoint's state")
+    ep.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    ep.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    for name in ("events", "webhooks", "deliveries", "rate-limit"):
+        sub.add_parser(name)
     a = p.parse_args(argv)
     base = f"{a.url.rstrip('/')}/__emulator__"
 
@@ -70,8 +85,23 @@ def main(argv: list[str] | None = None, prog: str = "python -m polar_emulator.cl
         if a.scheme:
             body["scheme"] = a.scheme
         r = httpx.post(f"{base}/delivery", json=body)
+    elif a.cmd == "seed":
+        mix = {k: int(v) for k, v in (kv.split("=", 1) for kv in a.mix.split(",") if kv)}
+        r = httpx.post(f"{base}/seed", json={"count": a.count, "prefix": a.prefix, "mix": mix,
+                                             "without_external_id": a.anonymous}, timeout=60)
+    elif a.cmd == "drift":
+        changes = {}
+        for kv in a.changes:
+            key, _, value = kv.partition("=")
+            try:
+                changes[key] = json.loads(value)
+            except ValueError:
+                changes[key] = value
+        r = httpx.patch(f"{base}/subscriptions/{a.ref}", json=changes)
+    elif a.cmd == "endpoint" and a.enabled is not None:
+        r = httpx.post(f"{base}/webhook-endpoint", json={"enabled": a.enabled})
     else:
-        r = httpx.get(f"{base}/{a.cmd}")
+        r = httpx.get(f"{base}/{'webhook-endpoint' if a.cmd == 'endpoint' else a.cmd}")
     print(json.dumps(r.json(), indent=2))
     return 0 if r.is_success else 1
 

@@ -1,9 +1,11 @@
-"""Webhook delivery the way Polar does it (docs/polar.md §3–§5).
+"""Webhook delivery the way Polar does it (docs/polar.md §3–§5), to the emulator's one endpoint (webhook_endpoints).
 
-Each event's payload is serialized once and re-sent unchanged; `webhook-id` is stable across retries,
-`webhook-timestamp` is the attempt's. Non-2xx, redirects and timeouts are failures, retried up to
-`webhook_max_attempts` with Polar's backoff (base·2^n s, jittered 50–100 %; the base is compressible for tests).
-Modes: each event sent 1–N times, in shuffled order, concurrently.
+Each event's payload is serialized once and re-sent unchanged; `webhook-id` is stable across retries and
+redeliveries, `webhook-timestamp` is the attempt's. Non-2xx, redirects and timeouts are failures, retried up to
+`webhook_max_attempts` deliveries in all with Polar's backoff (after failed delivery n: base·2^n s jittered 50–100 %,
+capped at 600·base, i.e. 2–4 s … 20 min for Polar's base of 2 s; the base is compressible for tests). An event that
+fails for good may disable the endpoint (webhook_endpoints.disable_if_failing).
+Modes (a test tool, not Polar): each event sent 1–N times, in shuffled order, concurrently.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import json
 import logging
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,28 +22,11 @@ import httpx
 from standardwebhooks import Webhook
 
 from .config import EmulatorSettings
+from .webhook_endpoints import API_VERSION, Endpoint, WebhookEvent, disable_if_failing, new_delivery
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Attempt:
-    at: str
-    status: int | None
-    error: str | None = None
-
-
-@dataclass
-class WebhookEvent:
-    id: str
-    type: str
-    payload: str
-    attempts: list[Attempt] = field(default_factory=list)
-    succeeded: bool | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "succeeded": self.succeeded,
-                "attempts": [a.__dict__ for a in self.attempts]}
+__all__ = ["Deliverer", "Mode", "WebhookEvent"]
 
 
 @dataclass
@@ -54,13 +39,38 @@ class Mode:
 class Deliverer:
     def __init__(self, settings: EmulatorSettings) -> None:
         self.settings = settings
-        self.url = settings.webhook_url
-        self.secret = settings.webhook_secret
-        self.scheme = settings.webhook_scheme
+        self.endpoint = Endpoint(id=settings.webhook_endpoint_id, url=settings.webhook_url,
+                                 secret=settings.webhook_secret, scheme=settings.webhook_scheme,
+                                 organization_id=settings.organization_id)
         self.mode = Mode()
         self.events: list[WebhookEvent] = []
         self._tasks: set[asyncio.Task] = set()
         self._client = httpx.AsyncClient(timeout=settings.webhook_timeout, follow_redirects=False)
+
+    # The admin API's delivery config predates the endpoint object: these name its fields.
+    @property
+    def url(self) -> str | None:
+        return self.endpoint.url
+
+    @url.setter
+    def url(self, value: str | None) -> None:
+        self.endpoint.url = value
+
+    @property
+    def secret(self) -> str:
+        return self.endpoint.secret
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        self.endpoint.secret = value
+
+    @property
+    def scheme(self) -> str:
+        return self.endpoint.scheme
+
+    @scheme.setter
+    def scheme(self, value: str) -> None:
+        self.endpoint.scheme = value
 
     def key(self) -> Webhook:
         # legacy: HMAC key = the secret's UTF-8 bytes, prefix included; standard: base64 after `whsec_`.
@@ -74,21 +84,39 @@ class Deliverer:
             "webhook-id": event.id,
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self.key().sign(event.id, now, event.payload),
+            "webhook-api-version": API_VERSION,
         }
 
+    def event(self, event_id: str) -> WebhookEvent | None:
+        return next((e for e in self.events if e.id == event_id), None)
+
     def emit(self, events: list[tuple[str, dict[str, Any]]], timestamp: datetime) -> list[WebhookEvent]:
-        """Queue one lifecycle step's events (type, data) for delivery, in Polar's order unless the mode shuffles."""
+        """Record one lifecycle step's events (type, data) for the endpoint and send them, in Polar's order unless
+        the mode shuffles. Types the endpoint does not subscribe to make no event; a disabled endpoint's are skipped."""
+        ep = self.endpoint
+        stamp = timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         out = []
         for event_type, data in events:
-            envelope = {"type": event_type, "timestamp": timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                        "api_version": "2026-10", "data": data}
-            out.append(WebhookEvent(str(uuid.uuid4()), event_type, json.dumps(envelope, separators=(",", ":"))))
+            if event_type not in ep.events:
+                continue
+            envelope = {"type": event_type, "timestamp": stamp, "api_version": API_VERSION, "data": data}
+            out.append(WebhookEvent(str(uuid.uuid4()), event_type, json.dumps(envelope, separators=(",", ":")),
+                                    created_at=stamp, endpoint_id=ep.id, skipped=not ep.enabled))
         self.events.extend(out)
-        if self.url:
-            task = asyncio.create_task(self._send_all(out))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        to_send = [e for e in out if not e.skipped]
+        if ep.url and to_send:
+            self._spawn(self._send_all(to_send))
         return out
+
+    def redeliver(self, event: WebhookEvent) -> None:
+        """Polar's `POST /v1/webhooks/events/{id}/redeliver`: the same event (id, payload) again, signed afresh,
+        through the normal attempt and backoff path."""
+        self._spawn(self.deliver(event, redeliver=True))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _send_all(self, events: list[WebhookEvent]) -> None:
         sends = [e for e in events for _ in range(random.randint(1, max(1, self.mode.max_copies)))]
@@ -100,26 +128,49 @@ class Deliverer:
             for e in sends:
                 await self.deliver(e)
 
-    async def deliver(self, event: WebhookEvent) -> bool:
-        if self.url is None:
+    def _sendable(self, event: WebhookEvent) -> bool:
+        ep = self.endpoint
+        if not ep.enabled:  # Polar's send task marks the event skipped when it finds the endpoint disabled
+            event.skipped = True
             return False
-        for n in range(1, self.settings.webhook_max_attempts + 1):
-            at = datetime.now(UTC).isoformat()
+        return ep.url is not None and not event.skipped  # skipped by an auto-disable: no more retries
+
+    async def deliver(self, event: WebhookEvent, *, redeliver: bool = False) -> bool:
+        if redeliver and self.endpoint.enabled:
+            event.skipped = False
+        while self._sendable(event):
+            url = self.endpoint.url
+            assert url is not None
             try:
-                resp = await self._client.post(self.url, content=event.payload.encode(),
-                                               headers=self.signed_headers(event))
-                event.attempts.append(Attempt(at, resp.status_code))
-                if 200 <= resp.status_code < 300:
-                    event.succeeded = True
-                    return True
+                resp = await self._client.post(url, content=event.payload.encode(), headers=self.signed_headers(event))
+                delivery = new_delivery(resp.status_code, resp.text[:2048] or None)
             except httpx.HTTPError as exc:
-                event.attempts.append(Attempt(at, None, type(exc).__name__))
-            if n < self.settings.webhook_max_attempts:
-                delay = self.settings.webhook_backoff_base * 2 ** (n - 1)
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-        event.succeeded = False
-        log.warning("webhook.gave_up", extra={"webhook_id": event.id, "type": event.type})
+                delivery = new_delivery(None, str(exc) or type(exc).__name__)
+            event.deliveries.append(delivery)
+            event.modified_at = delivery.created_at
+            if delivery.succeeded:
+                event.succeeded = True
+                return True
+            n = len(event.deliveries)
+            if n >= self.settings.webhook_max_attempts:
+                if event.succeeded is not True:
+                    event.succeeded = False
+                log.warning("webhook.gave_up", extra={"webhook_id": event.id, "type": event.type})
+                skipped = disable_if_failing(self.endpoint, self.events, self.settings.webhook_disable_after)
+                if not self.endpoint.enabled:
+                    log.warning("webhook.endpoint_disabled", extra={"skipped": len(skipped)})
+                return False
+            base = self.settings.webhook_backoff_base
+            delay = min(base * 2 ** n, base * 600)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
         return False
+
+    def reset(self) -> None:
+        """A new organization's endpoint and no events; only the URL, secret and scheme stay."""
+        self.events.clear()
+        ep = self.endpoint
+        self.endpoint = Endpoint(id=ep.id, url=ep.url, secret=ep.secret, scheme=ep.scheme,
+                                 organization_id=ep.organization_id)
 
     async def drain(self, timeout: float = 30.0) -> None:
         if self._tasks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .delivery import Deliverer
@@ -63,16 +63,9 @@ class Lifecycle:
         checkout = s.checkouts.get(checkout_id) if checkout_id else None
         email = checkout.get("customer_email") if checkout else None
         c = s.customer(external_customer_id, email)
-        sub = template("subscription.created")["data"]
         now = s.clock.now()
-        amount = 5000 if product_id == s.settings.team_product_id else 2000
-        sub.update(id=str(uuid.uuid4()), created_at=iso(now), modified_at=iso(now), status="active",
-                   customer_id=c["id"], product_id=product_id, product=s.product(product_id),
-                   customer=s.customer_ref(c), amount=amount, current_period_start=iso(now),
-                   current_period_end=iso(now + PERIOD), started_at=iso(now), cancel_at_period_end=False,
-                   canceled_at=None, ends_at=None, ended_at=None, checkout_id=checkout_id,
-                   metadata=copy.deepcopy(checkout["metadata"]) if checkout else {})
-        s.subscriptions[sub["id"]] = sub
+        sub = self.new_subscription(c, product_id, now, checkout_id=checkout_id,
+                                    metadata=copy.deepcopy(checkout["metadata"]) if checkout else {})
         if checkout:
             checkout.update(status="succeeded", customer_id=c["id"], subscription_id=sub["id"])
             self._touch(checkout)
@@ -83,15 +76,37 @@ class Lifecycle:
         order = self._order(sub, "subscription_create")
         events.append(("order.created", copy.deepcopy(order)))
         events.append(("order.paid", self._pay(order)))
-        if product_id == s.settings.pro_product_id and s.settings.pro_meter_credits:
-            g = template("benefit_grant.created")["data"]
-            g.update(id=str(uuid.uuid4()), created_at=iso(now), modified_at=iso(now), granted_at=iso(now),
-                     is_granted=True, is_revoked=False, revoked_at=None, customer_id=c["id"],
-                     subscription_id=sub["id"], customer=s.customer_ref(c))
-            g["benefit"]["properties"].update(units=s.settings.pro_meter_credits, meter_id=s.settings.tokens_meter_id)
-            s.grants[g["id"]] = g
+        g = self.new_grant(sub, c, now)
+        if g is not None:
             events.append(("benefit_grant.created", g))
         return self._emit(events)
+
+    def new_subscription(self, c: dict[str, Any], product_id: str, now: datetime, *, checkout_id: str | None = None,
+                         metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An active subscription of customer `c` to `product_id` started `now`, stored (no webhook)."""
+        s = self.store
+        sub = template("subscription.created")["data"]
+        amount = 5000 if product_id == s.settings.team_product_id else 2000
+        sub.update(id=str(uuid.uuid4()), created_at=iso(now), modified_at=iso(now), status="active",
+                   customer_id=c["id"], product_id=product_id, product=s.product(product_id),
+                   customer=s.customer_ref(c), amount=amount, current_period_start=iso(now),
+                   current_period_end=iso(now + PERIOD), started_at=iso(now), cancel_at_period_end=False,
+                   canceled_at=None, ends_at=None, ended_at=None, checkout_id=checkout_id, metadata=metadata or {})
+        s.subscriptions[sub["id"]] = sub
+        return sub
+
+    def new_grant(self, sub: dict[str, Any], c: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+        """Pro's meter-credit grant for `sub`, stored (no webhook); None for a product without one."""
+        s = self.store
+        if sub["product_id"] != s.settings.pro_product_id or not s.settings.pro_meter_credits:
+            return None
+        g = template("benefit_grant.created")["data"]
+        g.update(id=str(uuid.uuid4()), created_at=iso(now), modified_at=iso(now), granted_at=iso(now),
+                 is_granted=True, is_revoked=False, revoked_at=None, customer_id=c["id"],
+                 subscription_id=sub["id"], customer=s.customer_ref(c))
+        g["benefit"]["properties"].update(units=s.settings.pro_meter_credits, meter_id=s.settings.tokens_meter_id)
+        s.grants[g["id"]] = g
+        return g
 
     def _grants(self, sub: dict[str, Any]) -> list[dict[str, Any]]:
         return [g for g in self.store.grants.values() if g["subscription_id"] == sub["id"]]

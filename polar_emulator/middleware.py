@@ -51,8 +51,10 @@ class PolarEdge:
         token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
         if token != self.store.settings.access_token:
             return await _json(send, 401, {"error": "Unauthorized", "detail": "Unauthorized"})
+        # Every /v1 path, the new ones included, shares the token's window (Polar's "^/v1" rule).
         wait = self.store.rate_limited(token)
         if wait is not None:  # as asgi-ratelimit answers for Polar: empty body, integer Retry-After
+            self.store.throttled[scope["path"]] += 1
             return await _raw(send, 429, b"", [(b"retry-after", str(wait).encode())])
         if self.store.latency:
             await asyncio.sleep(self.store.latency)
@@ -63,6 +65,7 @@ class PolarEdge:
                 return await _raw(send, int(fault.kind), b"Internal Server Error" if fault.kind == "500"
                                   else b"Bad Gateway", [(b"content-type", b"text/plain")])
             if fault.kind == "429":
+                self.store.injected_429[scope["path"]] += 1
                 return await _raw(send, 429, b"", [(b"retry-after", str(fault.retry_after).encode())])
             if fault.kind == "timeout":
                 await asyncio.sleep(fault.hang_seconds)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import secrets
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import scopes
 from .config import EmulatorSettings
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -66,6 +69,7 @@ class Store:
     settings: EmulatorSettings
     clock: Clock = field(default_factory=Clock)
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)  # by external id
+    anonymous_customers: dict[str, dict[str, Any]] = field(default_factory=dict)  # no external id; by id
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     grants: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -77,7 +81,13 @@ class Store:
     faults: list[Fault] = field(default_factory=list)
     ingest_rules: list[IngestRule] = field(default_factory=list)
     latency: float = 0.0
-    rate_windows: dict[str, deque] = field(default_factory=dict)
+    rate_windows: dict[str, tuple[float, int]] = field(default_factory=dict)  # token -> (window start, count)
+    throttled: Counter[str] = field(default_factory=Counter)  # 429s the rate limit served, per path
+    injected_429: Counter[str] = field(default_factory=Counter)  # 429s served by an injected fault, per path
+    token_scopes: frozenset[str] | None = None  # None: every scope
+
+    def __post_init__(self) -> None:
+        self.token_scopes = scopes.parse(self.settings.token_scopes)
 
     # --- objects ------------------------------------------------------------------------------------------------
     def product(self, product_id: str) -> dict[str, Any]:
@@ -105,7 +115,11 @@ class Store:
         return self.customers[external_id]
 
     def customer_by_id(self, customer_id: str) -> dict[str, Any] | None:
-        return next((c for c in self.customers.values() if c["id"] == customer_id), None)
+        return next((c for c in self.all_customers() if c["id"] == customer_id), None)
+
+    def all_customers(self) -> Iterator[dict[str, Any]]:
+        yield from self.customers.values()
+        yield from self.anonymous_customers.values()
 
     def customer_ref(self, c: dict[str, Any]) -> dict[str, Any]:
         ref = copy.deepcopy(template("subscription.created")["data"]["customer"])
@@ -194,12 +208,22 @@ class Store:
 
     # --- rate limit ---------------------------------------------------------------------------------------------
     def rate_limited(self, token: str) -> int | None:
-        """Seconds to wait if this token is over its per-minute allowance, else None (and the request counts)."""
+        """Seconds to wait if this token has used up its window, else None (and the request counts).
+
+        A fixed window, as Polar's asgi-ratelimit Redis backend keeps it: it opens at the token's first request and
+        lasts `rate_limit_window_seconds`; once the allowance is spent every request is refused until it closes, and
+        the Retry-After is the full window length (the backend answers the rule's period, not the time left)."""
         now = time.monotonic()
-        window = self.rate_windows.setdefault(token, deque())
-        while window and window[0] <= now - 60:
-            window.popleft()
-        if len(window) >= self.settings.rate_limit_per_minute:
-            return max(1, int(window[0] + 60 - now + 0.999))
-        window.append(now)
+        length = self.settings.rate_limit_window_seconds
+        start, count = self.rate_windows.get(token, (now, 0))
+        if now - start >= length:
+            start, count = now, 0
+        if count >= self.settings.rate_limit_per_minute:
+            return max(1, math.ceil(length))
+        self.rate_windows[token] = (start, count + 1)
         return None
+
+    def rate_window(self, token: str) -> dict[str, Any]:
+        start, count = self.rate_windows.get(token, (0.0, 0))
+        left = max(0.0, start + self.settings.rate_limit_window_seconds - time.monotonic())
+        return {"used": count if left else 0, "resets_in": round(left, 3)}

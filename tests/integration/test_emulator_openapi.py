@@ -102,3 +102,60 @@ def test_every_webhook_the_emulator_sends_validates_against_its_payload_schema(e
         validator = Draft202012Validator({"$ref": f"urn:polar#/components/schemas/{name}"}, registry=REGISTRY)
         errors = list(validator.iter_errors(payload))
         assert not errors, f"{event_type}: {errors[0].message[:300]} at {list(errors[0].path)}"
+
+
+def test_reconciliation_and_webhook_operations_answer_in_their_documented_shape(emulator) -> None:
+    from polar_emulator.config import WEBHOOK_ENDPOINT_ID
+    from tests.support.emulator import deliver_to, wait_for_webhooks, webhook_receiver
+
+    unknown = "5b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
+    seeded = admin(emulator, "POST", "seed", json={"count": 12, "prefix": f"oa-{uuid.uuid4().hex[:6]}-",
+                                                   "mix": {"team": 3, "past_due": 2, "canceled": 2, "trialing": 1},
+                                                   "without_external_id": 2}).json()["customers"]
+    with webhook_receiver() as rx, httpx.Client(base_url=emulator.url, headers=H, timeout=10) as c:
+        rx.fail_first = 1
+        deliver_to(emulator, rx)
+        admin(emulator, "POST", "simulate/purchase", json={"external_customer_id": f"oa-{uuid.uuid4().hex[:8]}",
+                                                           "product_id": PRO_PRODUCT_ID})
+        events = wait_for_webhooks(emulator)
+        ep = f"/v1/webhooks/endpoints/{WEBHOOK_ENDPOINT_ID}"
+        calls = [
+            ("/v1/customers/", "get", c.get("/v1/customers/", params={"limit": 5, "sorting": "email"})),
+            ("/v1/customers/", "get", c.get("/v1/customers/", params={"query": "nobody-at-all"})),
+            ("/v1/customers/", "get", c.get("/v1/customers/", params={"page": 0})),
+            ("/v1/customers/{id}", "get", c.get(f"/v1/customers/{seeded[-1]['customer_id']}")),
+            ("/v1/customers/{id}", "get", c.get(f"/v1/customers/{unknown}")),
+            ("/v1/subscriptions/", "get", c.get("/v1/subscriptions/", params={
+                "active": "false", "product_id": PRO_PRODUCT_ID, "sorting": "-current_period_end", "limit": 500})),
+            ("/v1/subscriptions/", "get", c.get("/v1/subscriptions/", params={"customer_id": "nope"})),
+            ("/v1/subscriptions/{id}", "get", c.get(f"/v1/subscriptions/{seeded[0]['subscription_id']}")),
+            ("/v1/subscriptions/{id}", "get", c.get(f"/v1/subscriptions/{unknown}")),
+            ("/v1/webhooks/endpoints", "get", c.get("/v1/webhooks/endpoints")),
+            ("/v1/webhooks/endpoints", "get", c.get("/v1/webhooks/endpoints", params={"limit": -1})),
+            ("/v1/webhooks/endpoints/{id}", "get", c.get(ep)),
+            ("/v1/webhooks/endpoints/{id}", "get", c.get(f"/v1/webhooks/endpoints/{unknown}")),
+            ("/v1/webhooks/endpoints/{id}", "get", c.get("/v1/webhooks/endpoints/not-a-uuid")),
+            ("/v1/webhooks/endpoints/{id}", "patch", c.patch(ep, json={"name": "billing", "enabled": True})),
+            ("/v1/webhooks/endpoints/{id}", "patch", c.patch(ep, json={"enabled": "maybe"})),
+            ("/v1/webhooks/endpoints/{id}", "patch", c.patch(f"/v1/webhooks/endpoints/{unknown}", json={})),
+            ("/v1/webhooks/deliveries", "get", c.get("/v1/webhooks/deliveries", params={
+                "endpoint_id": WEBHOOK_ENDPOINT_ID, "succeeded": "false"})),
+            ("/v1/webhooks/deliveries", "get", c.get("/v1/webhooks/deliveries", params={"limit": 200})),
+            ("/v1/webhooks/deliveries", "get", c.get("/v1/webhooks/deliveries", params={"succeeded": "perhaps"})),
+            ("/v1/webhooks/events/{id}/redeliver", "post", c.post(f"/v1/webhooks/events/{events[0]['id']}/redeliver")),
+            ("/v1/webhooks/events/{id}/redeliver", "post", c.post(f"/v1/webhooks/events/{unknown}/redeliver")),
+        ]
+        wait_for_webhooks(emulator)
+    statuses = set()
+    for path, method, resp in calls:
+        validate(path, method, resp)
+        statuses.add((path, method, resp.status_code))
+    assert {("/v1/webhooks/endpoints/{id}", "get", s) for s in (200, 404, 422)} <= statuses
+    assert {("/v1/webhooks/endpoints/{id}", "patch", s) for s in (200, 404, 422)} <= statuses
+    assert {("/v1/webhooks/events/{id}/redeliver", "post", s) for s in (202, 404)} <= statuses
+    assert {("/v1/webhooks/deliveries", "get", s) for s in (200, 422)} <= statuses
+    assert calls[0][2].json()["pagination"]["total_count"] >= 14 and len(calls[0][2].json()["items"]) == 5
+    assert calls[1][2].json()["pagination"] == {"total_count": 0, "max_page": 0}
+    every = calls[18][2].json()  # 200 asked, 100 served; this test's 7 attempts among the other test's
+    assert len(every["items"]) == min(100, every["pagination"]["total_count"]) and len(every["items"]) >= 7
+    assert [d["http_code"] for d in calls[17][2].json()["items"]] == [500]

@@ -8,6 +8,10 @@
     polar-billing dead-letters list [--source S]         messages every consumer gave up on, with the reason
     polar-billing dead-letters replay <id>…              put dead letters back on their subject
     polar-billing users show <user-id>                   plan, limits and recent usage, as the chat service sees them
+    polar-billing reconcile status                       the last sweeps and the webhook endpoint's health
+    polar-billing reconcile run [--backfill]             billing compares with Polar now and repairs drift
+    polar-billing reconcile repairs                      what reconciliation changed: before, after, why
+    polar-billing reconcile drifts                       users whose Polar meter differs from our ledger
     polar-billing emulator …                             drive the Polar emulator (see `emulator --help`)
 
 Tables by default, `--json` for scripts. Exit codes: 0 done, 1 something named failed, 2 bad arguments,
@@ -264,10 +268,79 @@ def emulator(argv: list[str]) -> int:
 Command = Callable[[OpsSettings, argparse.Namespace], Awaitable[int]]
 
 
+async def reconcile_status(s: OpsSettings, a: argparse.Namespace) -> int:
+    from billing import repository as repo
+
+    conn = await database(s)
+    try:
+        sweeps = [dict(r) for r in await repo.last_sweeps(conn, a.limit)]
+        health = await repo.endpoint_health(conn)
+    finally:
+        await conn.close()
+    if a.json:
+        print(json.dumps({"sweeps": sweeps, "webhook_endpoint": dict(health) if health else None}, default=str))
+        return OK
+    show(sweeps, ("id", "kind", "started_at", "finished_at", "compared", "drifts", "repairs", "error"), False,
+         "no sweep yet (is billing running with POLAR_ACCESS_TOKEN set?)")
+    if health:
+        print(f"webhook endpoint {health['endpoint_id']}: {'enabled' if health['enabled'] else 'DISABLED'}, "
+              f"last healthy {_cell(health['last_healthy_at'])}, checked {_cell(health['checked_at'])}: "
+              f"{health['note'] or ''}")
+    return OK
+
+
+async def reconcile_run(s: OpsSettings, a: argparse.Namespace) -> int:
+    from billing.reconcile import OPS_SUBJECT
+
+    nc = await broker(s)
+    try:
+        msg = await nc.request(OPS_SUBJECT, b"backfill" if a.backfill else b"sweep", timeout=a.timeout)
+    except nats.errors.NoRespondersError:
+        print("polar-billing: no billing process is running", file=sys.stderr)
+        return UNREACHABLE
+    except nats.errors.TimeoutError:
+        print(f"polar-billing: no answer within {a.timeout:.0f} s (the sweep may still be running)", file=sys.stderr)
+        return FAILED
+    finally:
+        await nc.close()
+    result = json.loads(msg.data)
+    say(result, a.json, f"error: {result['error']}" if "error" in result else
+        f"{result['kind']}: compared {result['compared']}, drifts {result['drifts']} {result['drift_fields']}, "
+        f"repairs {result['repairs']}, webhooks redelivered {result['redelivered']}, meter drifts "
+        f"{result['meter_drifts']}, webhook endpoint {result['endpoint']}")
+    return FAILED if "error" in result else OK
+
+
+async def reconcile_repairs(s: OpsSettings, a: argparse.Namespace) -> int:
+    from billing import repository as repo
+
+    conn = await database(s)
+    try:
+        rows = [dict(r) for r in await repo.recent_repairs(conn, a.limit)]
+    finally:
+        await conn.close()
+    show(rows, ("id", "repaired_at", "source", "object", "object_id", "user_id", "fields", "before", "after"),
+         a.json, "no repairs")
+    return OK
+
+
+async def reconcile_drifts(s: OpsSettings, a: argparse.Namespace) -> int:
+    from billing import repository as repo
+
+    conn = await database(s)
+    try:
+        rows = [dict(r) for r in await repo.meter_drifts(conn, a.limit)]
+    finally:
+        await conn.close()
+    show(rows, ("user_id", "period_start", "ledger_tokens", "polar_tokens", "pending_tokens", "found_at"), a.json,
+         "no meter drift")
+    return OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polar-billing", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = p.add_subparsers(dest="group", required=True, metavar="{webhooks,usage,dead-letters,users,emulator}")
+    groups = p.add_subparsers(dest="group", required=True, metavar="{webhooks,usage,dead-letters,users,reconcile,emulator}")
 
     def command(group: argparse._SubParsersAction, name: str, fn: Command, help: str) -> argparse.ArgumentParser:
         c = group.add_parser(name, help=help, description=help)
@@ -303,6 +376,18 @@ def parser() -> argparse.ArgumentParser:
     sh = command(us, "show", users_show, "plan, subscription, limits and recent usage of one user")
     sh.add_argument("user_id")
     sh.add_argument("--recent", type=int, default=10, help="how many recent usage events (10)")
+
+    rc = groups.add_parser("reconcile", help="billing's state against Polar's").add_subparsers(
+        dest="command", required=True)
+    command(rc, "status", reconcile_status, "the last sweeps and the webhook endpoint's health").add_argument(
+        "--limit", type=int, default=10)
+    run = command(rc, "run", reconcile_run, "ask billing to compare with Polar now and repair drift")
+    run.add_argument("--backfill", action="store_true", help="import every customer and subscription first")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the result (600)")
+    command(rc, "repairs", reconcile_repairs, "what reconciliation changed, newest first").add_argument(
+        "--limit", type=int, default=50)
+    command(rc, "drifts", reconcile_drifts, "users whose Polar meter differs from our ledger").add_argument(
+        "--limit", type=int, default=100)
 
     groups.add_parser("emulator", help="drive the Polar emulator (make run starts it without POLAR_ACCESS_TOKEN)",
                       add_help=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -104,6 +106,12 @@ async def org(servers: Servers, tmp_path: Path) -> AsyncIterator[Org]:
     emulator.stop_or_kill()
     await db.close()
     await drop_database(servers, db_url)
+
+
+def cli(org: Org, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**base_env(NATS_URL=org.env["NATS_URL"], DATABASE_URL=org.db_url), "STACK_DATA_DIR": str(org.dir)}
+    return subprocess.run([sys.executable, "-m", "ops.cli", "reconcile", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 async def sweeps_done(db: asyncpg.Connection, kind: str = "sweep") -> int:
@@ -213,11 +221,16 @@ async def test_drift_made_at_polar_without_a_webhook_is_repaired_with_its_row_an
     assert (events[users["plan"]]["old_plan"], events[users["plan"]]["new_plan"]) == ("pro", "team")
     assert (events[users["revoke"]]["new_plan"], events[users["revoke"]]["status"]) == ("free", None)
     assert all(e["webhook_id"].startswith("reconcile:") for e in events.values())
-    # A sweep that finds nothing repairs nothing.
+    # A sweep that finds nothing repairs nothing; the operator can run one and read what was repaired.
     before = await org.db.fetchval("SELECT count(*) FROM reconcile_repairs")
-    now = await sweeps_done(org.db)
-    await eventually(lambda: _at_least(org.db, now + 1), timeout=30)
+    run = cli(org, "run", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["repairs"] == 0 and json.loads(run.stdout)["compared"] >= 3
     assert await org.db.fetchval("SELECT count(*) FROM reconcile_repairs") == before
+    shown = cli(org, "repairs", "--json")
+    assert shown.returncode == 0 and {r["user_id"] for r in json.loads(shown.stdout)} >= set(users.values())
+    status = cli(org, "status")
+    assert status.returncode == 0 and "webhook endpoint" in status.stdout and "enabled" in status.stdout
 
 
 async def _at_least(db: asyncpg.Connection, n: int) -> bool:
@@ -333,3 +346,5 @@ async def test_a_meter_missing_an_event_at_polar_is_reported_and_a_synced_one_is
     await eventually(lambda: _at_least(org.db, 3), timeout=30)
     assert org.billing is not None
     assert org.billing.log.read_text().count("reconcile.meter_drift") == 1  # once per user and period
+    shown = cli(org, "drifts")
+    assert shown.returncode == 0 and drifted in shown.stdout and synced not in shown.stdout

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections import Counter as Tally
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+from nats.aio.msg import Msg
 from polar.base import PolarClientError
 from polar.v2026_10 import PolarAsync
 from prometheus_client import Counter, Gauge
@@ -432,30 +434,48 @@ async def run_once(reconciler: Reconciler, kind: str) -> Result | None:
         return result
 
 
+OPS_SUBJECT = "billing.ops.reconcile"  # the operator's "sweep now" (polar-billing reconcile run), not the chat API
+
+
 async def loop(rt: BillingRuntime) -> None:
-    """Backfill an empty state once, then sweep every interval until shutdown."""
+    """Backfill an empty state once, then sweep every interval until shutdown; `polar-billing reconcile run` asks
+    for one now, over NATS, so the operator needs no Polar token of their own."""
     interval = rt.settings.polar_reconcile_interval_seconds
-    if rt.polar is None or not interval:
-        log.info("reconcile.off", extra={"reason": "Polar is not configured" if rt.polar is None
-                                         else "POLAR_RECONCILE_INTERVAL_SECONDS=0"})
-        return
-    r = Reconciler(rt.pool, rt.polar, rt.catalog, rt.budget, rt.settings, wakeup=rt.outbox_wakeup, clock=rt.now)
-    async with rt.pool.acquire() as conn:
-        empty = await repo.state_is_empty(conn)
-    while not rt.stopping.is_set():
-        kind = "backfill" if empty else "sweep"
-        try:
-            if await run_once(r, kind) is not None:
-                empty = False
-        except Exception:
-            log.exception(f"reconcile.{kind}_failed")
-        if empty:  # the import failed, or another instance holds the lock: try again shortly, before sweeping
+    r = Reconciler(rt.pool, rt.polar, rt.catalog, rt.budget, rt.settings, wakeup=rt.outbox_wakeup,
+                   clock=rt.now) if rt.polar is not None else None
+
+    async def on_request(msg: Msg) -> None:
+        kind = "backfill" if msg.data.strip() == b"backfill" else "sweep"
+        if r is None:
+            reply: dict[str, Any] = {"error": "Polar is not configured (POLAR_ACCESS_TOKEN is unset)"}
+        else:
             try:
-                await asyncio.wait_for(rt.stopping.wait(), timeout=min(interval, 5.0))
+                result = await run_once(r, kind)
+                reply = {"kind": kind, **result.line()} if result else {"error": "another sweep is running"}
+            except Exception as exc:  # noqa: BLE001 - the operator gets the reason; the log has the trace
+                reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        await msg.respond(json.dumps(reply).encode())
+
+    sub = await rt.nc.subscribe(OPS_SUBJECT, queue="billing", cb=on_request)
+    try:
+        if r is None or not interval:
+            log.info("reconcile.off", extra={"reason": "Polar is not configured" if r is None
+                                             else "POLAR_RECONCILE_INTERVAL_SECONDS=0"})
+            await rt.stopping.wait()
+            return
+        async with rt.pool.acquire() as conn:
+            empty = await repo.state_is_empty(conn)
+        while not rt.stopping.is_set():
+            kind = "backfill" if empty else "sweep"
+            try:
+                if await run_once(r, kind) is not None:
+                    empty = False
+            except Exception:
+                log.exception(f"reconcile.{kind}_failed")
+            wait = min(interval, 5.0) if empty else interval  # a failed import is tried again soon
+            try:
+                await asyncio.wait_for(rt.stopping.wait(), timeout=wait)
             except TimeoutError:
                 pass
-            continue
-        try:
-            await asyncio.wait_for(rt.stopping.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+    finally:
+        await sub.unsubscribe()

@@ -348,3 +348,49 @@ async def test_a_meter_missing_an_event_at_polar_is_reported_and_a_synced_one_is
     assert org.billing.log.read_text().count("reconcile.meter_drift") == 1  # once per user and period
     shown = cli(org, "drifts")
     assert shown.returncode == 0 and drifted in shown.stdout and synced not in shown.stdout
+
+
+async def test_an_event_polar_gave_up_on_while_the_endpoint_stayed_enabled_is_redelivered(org: Org) -> None:
+    admin(org.emulator, "POST", "webhook-endpoint", json={"disable_after": 1000})  # Polar never disables it here
+    user = f"usr_gaveup_{uuid.uuid4().hex[:6]}"
+    org.start_ingress()
+    org.start_billing(POLAR_RECONCILE_INTERVAL_SECONDS="1")
+    admin(org.emulator, "POST", "simulate/purchase", json={"external_customer_id": user, "product_id": PRO_PRODUCT_ID})
+    await eventually(lambda: _plan_is(org, user, ("pro", "active")), timeout=30)
+    assert org.ingress is not None
+    org.ingress.stop_or_kill()
+    sent = admin(org.emulator, "POST", "simulate/cancel", json={"external_customer_id": user}).json()["webhooks"]
+    gave_up = admin(org.emulator, "GET", "webhooks", params={"wait": 30}).json()["webhooks"]
+    ids = {w["webhook_id"] for w in sent}
+    mine = [(w["succeeded"], len(w["attempts"])) for w in gave_up if w["id"] in ids]
+    assert len(mine) == len(ids) and all(s is False and n == 10 for s, n in mine), mine
+    assert admin(org.emulator, "GET", "webhook-endpoint").json()["endpoint"]["enabled"] is True
+    org.start_ingress()
+
+    async def applied() -> bool:
+        rows = await org.db.fetch("SELECT webhook_id FROM webhook_log WHERE webhook_id = ANY($1::text[]) "
+                                  "AND status IN ('applied', 'skipped')", list(ids))
+        return len(rows) == len(ids)
+
+    await eventually(applied, timeout=60, every=0.5)
+    assert {r["event_id"] for r in await org.db.fetch("SELECT event_id FROM redelivered_webhook_events")} >= ids
+
+
+async def _plan_is(org: Org, user: str, plan: tuple[str, str | None]) -> bool:
+    return (await org.our_plans()).get(user) == plan
+
+
+async def test_polars_refusal_to_enable_the_endpoint_is_reported_plainly(org: Org) -> None:
+    admin(org.emulator, "POST", "webhook-endpoint", json={"enabled": False, "reject_local_urls": True})
+    org.start_ingress()
+    org.start_billing()
+    await eventually(lambda: _at_least(org.db, 1), timeout=30)
+    health = await org.db.fetchrow("SELECT * FROM webhook_endpoint_health")
+    assert health["enabled"] is False and health["note"].startswith("Polar refused to enable it: ")
+    assert org.billing is not None
+    line = next(json.loads(x) for x in org.billing.log.read_text().splitlines()
+                if "reconcile.webhook_endpoint_enable_refused" in x)
+    assert line["level"] == "error" and line["reason"], line
+    assert admin(org.emulator, "GET", "webhook-endpoint").json()["endpoint"]["enabled"] is False
+    status = cli(org, "status")
+    assert "DISABLED" in status.stdout and "refused" in status.stdout

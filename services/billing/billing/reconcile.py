@@ -289,11 +289,15 @@ class Reconciler:
             health = await repo.endpoint_health(conn)
         last_healthy = health["last_healthy_at"] if health and health["last_healthy_at"] else now - FIRST_LOOKBACK
         outcome = "healthy"
+        if not await self._our_edge_answers():
+            # Re-enabled or redelivered now, Polar would only fail again (and disable it): wait for ingress. The last
+            # healthy time stays where it was, so what fails meanwhile is redelivered later.
+            log.warning("reconcile.ingress_not_answering", extra={"endpoint_id": ep.id, "enabled": ep.enabled})
+            async with self.pool.acquire() as conn:
+                await repo.set_endpoint_health(conn, endpoint_id=ep.id, enabled=ep.enabled, healthy_at=None,
+                                               note="our ingress does not answer at PUBLIC_BASE_URL")
+            return self._endpoint_result("failed", ep.id, ep.enabled)
         if not ep.enabled:
-            if not await self._our_edge_answers():
-                # Enabled now, Polar would only fail (and disable it) again: wait for ingress.
-                log.warning("reconcile.webhook_endpoint_disabled_and_ingress_down", extra={"endpoint_id": ep.id})
-                return self._endpoint_result("failed", ep.id, False)
             try:
                 await self.call("webhooks.update_webhook_endpoint", lambda: self.polar.webhooks.update_webhook_endpoint(
                     ep.id, enabled=True))

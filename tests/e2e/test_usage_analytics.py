@@ -16,7 +16,8 @@ import pytest
 import pytest_asyncio
 
 from polar_billing_client.client import BillingClient
-from polar_billing_client.contracts import UsageEvent
+from billing import analytics, repository
+from polar_billing_client.contracts import UsageEvent, UsageReport
 from shared.db import connect
 from shared.db.migrate import migrate
 from shared.prices import PriceCatalog
@@ -128,6 +129,17 @@ async def test_every_grouping_of_any_range_equals_the_raw_ledger(api, start: dat
     for group_by in GROUPINGS:
         report = await client.usage(LONG_USER, from_=start, to=end, group_by=group_by)
         assert_equal(report, await from_ledger(db, group_by, LONG_USER, start, end), group_by)
+
+
+@pytest.mark.parametrize("group_by", GROUPINGS, ids=["-".join(g) or "totals" for g in GROUPINGS])
+async def test_the_reply_postgresql_writes_equals_the_one_python_would(api, group_by: list[str]) -> None:
+    """billing answers from repository.usage_report_json; analytics.report (used with a limit) is the same answer."""
+    client, db = api
+    got = await client.usage(USER, from_=START, to=END, group_by=group_by)
+    dims = {"by_day": "day" in group_by, "by_model": "model" in group_by, "by_thread": "thread" in group_by}
+    rows = await repository.usage_sums(db, USER, START, END, **dims)
+    assert got == analytics.report(rows, START, END, group_by, None)
+    assert got == UsageReport.model_validate_json(await repository.usage_report_json(db, USER, START, END, **dims))
 
 
 async def test_empty_days_are_present_as_zeros(api) -> None:

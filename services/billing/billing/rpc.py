@@ -26,6 +26,7 @@ from polar_billing_client.contracts import (
     UsageQuery,
     UsageReport,
 )
+from pydantic import BaseModel
 
 from shared import polar
 from shared.messaging.rpc import Endpoint, RpcError, endpoint
@@ -97,8 +98,17 @@ async def status(req: StatusRequest, rt: BillingRuntime) -> StatusReply:
 
 
 # --- usage analytics ----------------------------------------------------------------------------------------------
+class PrebuiltReply(BaseModel):
+    """A reply PostgreSQL already wrote as JSON (repository.usage_report_json): the RPC layer sends it as it is."""
+
+    json_text: str
+
+    def model_dump_json(self, **_: Any) -> str:  # the reply is the prebuilt text
+        return self.json_text
+
+
 @endpoint("usage", UsageQuery)
-async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport:
+async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport | PrebuiltReply:
     """From usage-sync's daily rollups, never the ledger: a year of history is a few thousand rows at most."""
     async with rt.pool.acquire() as conn:
         period: Period | None = None
@@ -110,9 +120,12 @@ async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport:
             start, end = analytics.date_range(req.from_, req.to, period)
         except analytics.BadRange as exc:
             raise RpcError("invalid_request", str(exc), field=exc.field) from None
-        rows = await repo.usage_sums(conn, req.user_id, start, end, by_day="day" in req.group_by,
-                                     by_model="model" in req.group_by, by_thread="thread" in req.group_by)
-    return analytics.report(rows, start, end, req.group_by, req.limit)
+        dims = {"by_day": "day" in req.group_by, "by_model": "model" in req.group_by,
+                "by_thread": "thread" in req.group_by}
+        if req.limit is None or not (dims["by_model"] or dims["by_thread"]):
+            return PrebuiltReply(json_text=await repo.usage_report_json(conn, req.user_id, start, end, **dims))
+        rows = await repo.usage_sums(conn, req.user_id, start, end, **dims)
+    return analytics.report(rows, start, end, req.group_by, req.limit)  # top N + "other": folded here
 
 
 # --- links through Polar --------------------------------------------------------------------------------------

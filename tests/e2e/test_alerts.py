@@ -125,8 +125,10 @@ def test_every_alert_says_how_bad_and_what_to_do() -> None:
     assert "`polar-billing usage quarantined`" in says["UsageEventsQuarantined"]
     assert "`polar-billing usage resend --all`" in says["UsageEventsQuarantined"]
     assert "`polar-billing webhooks replay --failed`" in says["WebhooksDeadLettered"]
+    assert "`polar-billing reconcile status`" in says["WebhookEndpointDisabled"]
+    assert "`polar-billing reconcile drifts`" in says["PolarMeterDrift"]
     assert {a for a, r in alerts.items() if r["labels"]["severity"] == "critical"} == {
-        LAG_RULE, "WebhooksDeadLettered", "WebhookIngressBrokerUnavailable", "ServiceDown"}
+        LAG_RULE, "WebhooksDeadLettered", "WebhookIngressBrokerUnavailable", "ServiceDown", "WebhookEndpointDisabled"}
 
 
 def test_the_operator_commands_they_name_exist() -> None:
@@ -217,6 +219,28 @@ def test_the_alert_expressions_on_synthetic_series(tmp_path: Path) -> None:
         {"input_series": [*up, _series("ingress_webhooks_total", {**INGRESS, "outcome": "bad_signature"}, "0+1x30"),
                           _series("ingress_webhooks_total", {**INGRESS, "outcome": "stored"}, "0+3x30")],
          "alert_rule_test": [_fires("WebhookSignaturesFailing", "10m")]},
+        # Our webhook endpoint disabled at Polar for 5 minutes pages; a sweep that re-enables it sooner does not.
+        {"input_series": [*up, _series("billing_webhook_endpoint_enabled", BILLING, "1x5 0x20")],
+         "alert_rule_test": [_fires("WebhookEndpointDisabled", "9m"),
+                             _fires("WebhookEndpointDisabled", "11m", {"job": "billing", **crit})]},
+        {"input_series": [*up, _series("billing_webhook_endpoint_enabled", BILLING, "1x5 0x3 1x20"),
+                          _series("billing_webhook_endpoint_enabled", {**BILLING, "instance": "b2:8081"}, "-1x30")],
+         "alert_rule_test": [_fires("WebhookEndpointDisabled", f"{m}m") for m in (8, 12, 20)]},
+        # Sweeps failing for an hour with none succeeding; one success in the hour keeps it quiet.
+        {"input_series": [*up, _series("billing_reconcile_sweeps_total", {**BILLING, "kind": "sweep",
+                                                                         "outcome": "failed"}, "0+1x90"),
+                          _series("billing_reconcile_sweeps_total", {**BILLING, "kind": "sweep", "outcome": "ok"},
+                                  "0x90")],
+         "alert_rule_test": [_fires("ReconciliationFailing", "70m", {"job": "billing", **warn})]},
+        {"input_series": [*up, _series("billing_reconcile_sweeps_total", {**BILLING, "kind": "sweep",
+                                                                         "outcome": "failed"}, "0+1x90"),
+                          _series("billing_reconcile_sweeps_total", {**BILLING, "kind": "sweep", "outcome": "ok"},
+                                  "0x40 1x50")],
+         "alert_rule_test": [_fires("ReconciliationFailing", "70m")]},
+        # A meter drift found.
+        {"input_series": [*up, _series("billing_meter_drifts_total", BILLING, "0x10 1x30")],
+         "alert_rule_test": [_fires("PolarMeterDrift", "5m"), _fires("PolarMeterDrift", "20m", {"job": "billing",
+                                                                                                 **warn})]},
         # A service whose /metrics stops answering: down after 2 minutes.
         {"input_series": [_series("up", US, "1x5 0x10"), _series("up", BILLING, "1x15")],
          "alert_rule_test": [_fires("ServiceDown", "6m"), _fires("ServiceDown", "7m"),

@@ -364,6 +364,12 @@ def _usage_sums_query(user_id: str, start: date, end: date, by_day: bool, by_mod
     (a NULL day / model / thread_id in a row means "all"), by day, then the most tokens first. Reads the smallest
     rollup that holds the answer: by day and model without threads; whole months by thread plus the edge days when
     threads but not days are asked."""
+    if by_day and by_model:  # the by-model rollup's own rows: nothing to sum
+        return ("""SELECT day, model, NULL::text AS thread_id, events, input_tokens, output_tokens, cached_input_tokens,
+                          billable_tokens, cost_micro_usd, priced_events
+                   FROM usage_rollups_by_model WHERE user_id = $1 AND day >= $2 AND day < $3
+                   ORDER BY 1, input_tokens + output_tokens DESC, 2""",
+                [user_id, start, end])
     if not by_thread:
         return (f"""SELECT CASE WHEN $4 THEN day END AS day, CASE WHEN $5 THEN model END AS model,
                            NULL::text AS thread_id, {_USAGE_SUMS}
@@ -407,9 +413,9 @@ async def usage_report_json(conn: asyncpg.Connection, user_id: str, start: date,
            empty_days AS (SELECT d::date AS day FROM generate_series(${n + 1}::date, ${n + 2}::date - 1, '1 day') d
                           WHERE ${n + 3} AND NOT EXISTS (SELECT 1 FROM grouped g WHERE g.day = d::date)),
            all_rows AS (SELECT day, model, thread_id, events, input_tokens, output_tokens, cached_input_tokens,
-                               billable_tokens, cost_micro_usd, priced_events, 0 AS filler FROM grouped
-                        UNION ALL
-                        SELECT day, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 1 FROM empty_days)
+                               billable_tokens, cost_micro_usd, priced_events FROM grouped
+                        UNION ALL  -- a day without usage: one row of zeros (it has no other row to sort beside)
+                        SELECT day, NULL, NULL, 0, 0, 0, 0, 0, 0, 0 FROM empty_days)
            SELECT json_build_object(
                'from', ${n + 1}::date, 'to', ${n + 2}::date, 'currency', 'usd',
                'totals', (SELECT json_build_object(
@@ -417,16 +423,17 @@ async def usage_report_json(conn: asyncpg.Connection, user_id: str, start: date,
                    'output_tokens', coalesce(sum(output_tokens), 0),
                    'cached_input_tokens', coalesce(sum(cached_input_tokens), 0),
                    'billable_tokens', coalesce(sum(billable_tokens), 0),
-                   'cost_usd', CASE WHEN sum(priced_events) > 0 THEN round(sum(cost_micro_usd) / 1000000.0, 6) END,
+                   'cost_usd', CASE WHEN sum(priced_events) > 0 THEN sum(cost_micro_usd)::float8 / 1000000 END,
                    'unpriced_events', coalesce(sum(events) - sum(priced_events), 0)) FROM grouped),
-               'rows', coalesce((SELECT json_agg(json_build_object(
-                   'day', day, 'model', model, 'thread_id', thread_id, 'events', events,
-                   'input_tokens', input_tokens, 'output_tokens', output_tokens,
-                   'cached_input_tokens', cached_input_tokens, 'billable_tokens', billable_tokens,
-                   'cost_usd', CASE WHEN priced_events > 0 THEN round(cost_micro_usd / 1000000.0, 6) END,
-                   'unpriced_events', events - priced_events)
-                   ORDER BY day, filler, input_tokens + output_tokens DESC, model, thread_id) FROM all_rows),
-                   '[]'::json))::text""",
+               -- json_agg of whole rows: the keys are the column names, written in C, no per-key call
+               'rows', coalesce((SELECT json_agg(r ORDER BY r.day, r.input_tokens + r.output_tokens DESC,
+                                                 r.model, r.thread_id)
+                                 FROM (SELECT day, model, thread_id, events, input_tokens, output_tokens,
+                                              cached_input_tokens, billable_tokens,
+                                              CASE WHEN priced_events > 0 THEN cost_micro_usd::float8 / 1000000
+                                              END AS cost_usd, events - priced_events AS unpriced_events
+                                       FROM all_rows) r),
+                                '[]'::json))::text""",
         *args, start, end, by_day,
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from polar.v2026_10 import PolarAsync
@@ -25,8 +25,9 @@ from polar_billing_client.contracts import (
     StatusRequest,
     UsageQuery,
     UsageReport,
+    UsageSums,
 )
-from pydantic import BaseModel
+from pydantic import PrivateAttr
 
 from shared import polar
 from shared.messaging.rpc import Endpoint, RpcError, endpoint
@@ -98,17 +99,28 @@ async def status(req: StatusRequest, rt: BillingRuntime) -> StatusReply:
 
 
 # --- usage analytics ----------------------------------------------------------------------------------------------
-class PrebuiltReply(BaseModel):
-    """A reply PostgreSQL already wrote as JSON (repository.usage_report_json): the RPC layer sends it as it is."""
+class PrebuiltUsageReport(UsageReport):
+    """A UsageReport PostgreSQL already wrote as JSON (repository.usage_report_json): sent as it is."""
 
-    json_text: str
+    _json: str = PrivateAttr("")
+
+    @classmethod
+    def of(cls, start: date, end: date, json_text: str) -> PrebuiltUsageReport:
+        # Not validated or filled: the fields are never read, only the text is sent.
+        report = cls.model_construct(from_=start, to=end, totals=NO_SUMS, rows=[])
+        report._json = json_text
+        return report
 
     def model_dump_json(self, **_: Any) -> str:  # the reply is the prebuilt text
-        return self.json_text
+        return self._json
+
+
+NO_SUMS = UsageSums(events=0, input_tokens=0, output_tokens=0, cached_input_tokens=0, billable_tokens=0,
+                    cost_usd=None, unpriced_events=0)
 
 
 @endpoint("usage", UsageQuery)
-async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport | PrebuiltReply:
+async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport:
     """From usage-sync's daily rollups, never the ledger: a year of history is a few thousand rows at most."""
     async with rt.pool.acquire() as conn:
         period: Period | None = None
@@ -123,7 +135,8 @@ async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport | PrebuiltRe
         dims = {"by_day": "day" in req.group_by, "by_model": "model" in req.group_by,
                 "by_thread": "thread" in req.group_by}
         if req.limit is None or not (dims["by_model"] or dims["by_thread"]):
-            return PrebuiltReply(json_text=await repo.usage_report_json(conn, req.user_id, start, end, **dims))
+            return PrebuiltUsageReport.of(start, end, await repo.usage_report_json(conn, req.user_id, start, end,
+                                                                                  **dims))
         rows = await repo.usage_sums(conn, req.user_id, start, end, **dims)
     return analytics.report(rows, start, end, req.group_by, req.limit)  # top N + "other": folded here
 

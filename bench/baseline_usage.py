@@ -51,7 +51,8 @@ async def main() -> None:
                 """INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens,
                                              billable_tokens, occurred_at)
                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                        $7::bigint[], $8::timestamptz[]) ON CONFLICT (event_id) DO NOTHING""",
+                                        $7::bigint[], $8::timestamptz[])
+                   ON CONFLICT (event_id, occurred_at) DO NOTHING""",
                 [e["event_id"] for e in events], [e["user_id"] for e in events], [e["thread_id"] for e in events],
                 [e["model"] for e in events], [e["input_tokens"] for e in events],
                 [e["output_tokens"] for e in events], [e["input_tokens"] + e["output_tokens"] for e in events],

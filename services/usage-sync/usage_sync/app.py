@@ -7,7 +7,7 @@ from starlette.applications import Starlette
 
 from shared.service import Service, service_app
 
-from . import handlers, outbox, runtime
+from . import handlers, outbox, retention, runtime
 from .polar_sync import PolarSync
 from .runtime import UsageSyncRuntime
 from .settings import UsageSyncSettings
@@ -28,8 +28,9 @@ def build_app(settings: UsageSyncSettings) -> Starlette:
         name=SERVICE,
         settings=settings,
         build=runtime.build(settings),
-        consumers=[handlers.on_usage_batch.with_options(batch_size=settings.usage_batch_size,
-                                                        concurrency=settings.usage_consumers)],
-        loops=[outbox.loop, sync_to_polar],
+        consumers=[handlers.on_usage_batch.with_options(
+            batch_size=settings.usage_batch_size, concurrency=settings.usage_consumers,
+            parse=handlers.in_ledger_window(settings.usage_ledger_retention_days))],
+        loops=[outbox.loop, sync_to_polar, retention.loop],
         close=runtime.close,
     ))

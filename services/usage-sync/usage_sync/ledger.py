@@ -1,6 +1,8 @@
 """Usage events → the ledger and the counters limits read, one transaction per batch. No SQL here.
 
-Counters move only for ledger rows actually inserted, so a redelivered or republished event counts once.
+Counters move only for ledger rows actually inserted, so a redelivered or republished event counts once, even days
+apart and with another occurred_at (usage_event_ids holds every id within retention). An event that occurred before
+`oldest` (the retention cut) is not recorded: its id may be forgotten already, and counting it would count it twice.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ DEFAULT_PRICES = PriceCatalog.load()
 class Recorded:
     inserted: int = 0
     duplicates: int = 0
+    too_old: int = 0  # occurred before `oldest`: not recorded
     settled: int = 0
     thresholds: list[tuple] = field(default_factory=list)  # crossings now stored (committed once record returns)
 
@@ -78,13 +81,18 @@ class Periods:
 
 
 async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thresholds: set[tuple] | None = None,
-                 prices: PriceCatalog = DEFAULT_PRICES) -> Recorded:
+                 prices: PriceCatalog = DEFAULT_PRICES, *, oldest: datetime | None = None) -> Recorded:
     """Ledger rows, counters, threads and reservations of one batch, in one transaction.
 
     `stored_thresholds`: crossings this process already saw committed (user, limit, period start, percent); they are
-    not sent again. The table's primary key keeps each crossing once either way: this only saves the statement."""
+    not sent again. The table's primary key keeps each crossing once either way: this only saves the statement.
+    `oldest`: the retention cut (None: no cut, for tools that load history into months they created)."""
     unique: dict[str, UsageEvent] = {}
+    too_old = 0
     for e in events:
+        if oldest is not None and e.occurred_at < oldest:
+            too_old += 1
+            continue
         unique.setdefault(e.event_id, e)  # a repeat inside the batch is a duplicate like any other
     async with conn.transaction():
         paid = await repo.paid_periods(conn, sorted({e.user_id for e in unique.values()}))
@@ -136,5 +144,5 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thre
                    if stored_thresholds is None or c[:4] not in stored_thresholds]
         await repo.add_thresholds(conn, crossed)
         settled = await repo.settle_reservations(conn, reservations)
-    return Recorded(inserted=len(inserted), duplicates=len(events) - len(inserted), settled=settled,
-                    thresholds=[c[:4] for c in crossed])
+    return Recorded(inserted=len(inserted), duplicates=len(events) - too_old - len(inserted), too_old=too_old,
+                    settled=settled, thresholds=[c[:4] for c in crossed])

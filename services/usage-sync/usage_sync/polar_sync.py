@@ -118,6 +118,7 @@ class PolarSync:
         self.min_gap = max(1.0 / s.polar_max_requests_per_second, rt.budget.window_seconds / own_share)
         self._last_request = 0.0
         self._failures = 0
+        self._occurred_at: dict[str, datetime] = {}  # of the rows taken by the step in hand
 
     async def run(self) -> None:
         while not self.rt.stopping.is_set():
@@ -147,6 +148,8 @@ class PolarSync:
                 return 0
             async with conn.transaction():
                 rows = await repo.take_pending(conn, MAX_EVENTS)
+                # The ledger's partition key, so marking them synced touches only their months.
+                self._occurred_at = {row["event_id"]: row["occurred_at"] for row in rows}
                 now = datetime.now(UTC)
                 batch: list[dict[str, Any]] = []
                 size = 2
@@ -186,7 +189,7 @@ class PolarSync:
         if result.inserted + result.duplicates != len(batch):
             log.error("polar.ingest_count_mismatch", extra={"sent": len(batch), "inserted": result.inserted,
                                                             "duplicates": result.duplicates})
-        await repo.mark_synced(conn, [e["external_id"] for e in batch])
+        await repo.mark_synced(conn, [(e["external_id"], self._occurred_at[e["external_id"]]) for e in batch])
         log.info("polar.ingested", extra={"events": len(batch), "inserted": result.inserted,
                                           "duplicates": result.duplicates})
         return len(batch)

@@ -1,10 +1,14 @@
 """All of usage-sync's SQL. Batches go in with `unnest`: one statement per table per batch.
 
-Usage-sync owns usage_events (the ledger, also the outbox to Polar), usage_counters, usage_threads and
-usage_thresholds; it settles billing's usage_reservations in the ledger's transaction (docs/architecture.md)."""
+Usage-sync owns usage_events (the ledger, also the outbox to Polar, partitioned by month of occurred_at),
+usage_event_ids (what deduplicates it), usage_counters, usage_threads, usage_thresholds and the rollups; it settles
+billing's usage_reservations in the ledger's transaction (docs/architecture.md) and prunes the closed ones past
+retention."""
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 
 import asyncpg
@@ -27,18 +31,26 @@ async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
     """Ledger rows (event_id, user_id, thread_id, model, input, output, cached, custom_key, billable,
-    reservation_id, occurred_at, cost_micro_usd, price_version); returns the ids actually inserted (a repeat is not)."""
+    reservation_id, occurred_at, cost_micro_usd, price_version); returns the ids actually inserted (a repeat is not).
+
+    The ledger's own key holds occurred_at (its partition key), so it cannot tell a repeat whose occurred_at differs:
+    usage_event_ids, keyed by the id alone, decides, and only the ids it took get a ledger row."""
     if not rows:
         return set()
     cols = list(zip(*rows, strict=True))
     inserted = await conn.fetch(
-        """INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens,
+        """WITH fresh AS (
+               INSERT INTO usage_event_ids (event_id, occurred_at)
+               SELECT * FROM unnest($1::text[], $11::timestamptz[])
+               ON CONFLICT (event_id) DO NOTHING
+               RETURNING event_id)
+           INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens,
                                      cached_input_tokens, custom_key, billable_tokens, reservation_id, occurred_at,
                                      cost_micro_usd, price_version)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                $7::bigint[], $8::bool[], $9::bigint[], $10::text[], $11::timestamptz[],
-                                $12::bigint[], $13::text[])
-           ON CONFLICT (event_id) DO NOTHING
+           SELECT e.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                                  $7::bigint[], $8::bool[], $9::bigint[], $10::text[], $11::timestamptz[],
+                                  $12::bigint[], $13::text[]) AS e(id, u, t, m, i, o, c, k, b, r, at, cost, pv)
+           WHERE e.id IN (SELECT event_id FROM fresh)
            RETURNING event_id""",
         *cols,
     )
@@ -164,11 +176,13 @@ async def take_pending(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Rec
     )
 
 
-async def mark_synced(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:
+async def mark_synced(conn: asyncpg.Connection, events: Sequence[tuple[str, datetime]]) -> None:
+    """(event_id, occurred_at) of each row sent: with the occurred_at values the statement touches only their months
+    (the partition key), not every month's index."""
     await conn.execute(
         "UPDATE usage_events SET sync_status = 'synced', synced_at = now(), sync_attempts = sync_attempts + 1 "
-        "WHERE event_id = ANY($1::text[])",
-        list(event_ids),
+        "WHERE event_id = ANY($1::text[]) AND occurred_at = ANY($2::timestamptz[])",
+        [e[0] for e in events], [e[1] for e in events],
     )
 
 
@@ -208,3 +222,136 @@ async def recent_events(conn: asyncpg.Connection, user_id: str, limit: int = 10)
     return await conn.fetch(
         "SELECT event_id, occurred_at, model, thread_id, input_tokens, output_tokens, billable_tokens, sync_status "
         "FROM usage_events WHERE user_id = $1 ORDER BY occurred_at DESC LIMIT $2", user_id, limit)
+
+
+# --- the ledger's months and retention (retention.py) ------------------------------------------------------------
+# Partition names and bounds are built from dates only (never from input), and quoted.
+_MONTH_NAME = re.compile(r"^usage_events_p(\d{4})(\d{2})$")
+MAINTENANCE_LOCK = 0x7573_6167  # "usag": one maintenance run at a time across usage-sync processes
+
+
+@dataclass(frozen=True)
+class LedgerMonth:
+    month: date  # the first day of the UTC month it holds
+    attached: bool  # False: detached by an earlier run that stopped before dropping it
+    detach_pending: bool  # a DETACH ... CONCURRENTLY that was interrupted
+
+
+def next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def _table(month: date) -> str:
+    return f'"usage_events_p{month.year:04d}{month.month:02d}"'
+
+
+def _bound(month: date) -> str:
+    return f"'{month.isoformat()} 00:00:00+00'"
+
+
+async def ledger_months(conn: asyncpg.Connection) -> list[LedgerMonth]:
+    """Every table named like a ledger month, attached or left detached, oldest first. Others (a partition created by
+    hand, or the migration's for rows outside years 1-9999) are not ours to create or drop."""
+    rows = await conn.fetch(
+        """SELECT c.relname, i.inhparent IS NOT NULL AS attached, coalesce(i.inhdetachpending, false) AS pending,
+                  c.relispartition
+           FROM pg_class c
+           LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'usage_events'::regclass
+           WHERE c.relkind = 'r' AND c.relname ~ '^usage_events_p[0-9]{6}$'
+             AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'usage_events'::regclass)""")
+    out = []
+    for r in rows:
+        m = _MONTH_NAME.match(r["relname"])
+        if m is None or not 1 <= int(m.group(2)) <= 12 or (r["relispartition"] and not r["attached"]):
+            continue
+        out.append(LedgerMonth(date(int(m.group(1)), int(m.group(2)), 1), r["attached"], r["pending"]))
+    return sorted(out, key=lambda lm: lm.month)
+
+
+async def create_month(conn: asyncpg.Connection, month: date, lock_timeout: str) -> None:
+    """A new month, empty: created apart and attached, which locks the ledger only against other schema changes
+    (CREATE TABLE ... PARTITION OF would block every insert and read while it waits for its lock)."""
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('lock_timeout', $1, true)", lock_timeout)
+        await conn.execute(f"CREATE TABLE {_table(month)} (LIKE usage_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        await conn.execute(f"ALTER TABLE usage_events ATTACH PARTITION {_table(month)} "
+                           f"FOR VALUES FROM ({_bound(month)}) TO ({_bound(next_month(month))})")
+
+
+async def detach_month(conn: asyncpg.Connection, month: date, *, finalize: bool = False) -> None:
+    """CONCURRENTLY: readers and writers of the other months never wait for it. Not inside a transaction."""
+    await conn.execute(f"ALTER TABLE usage_events DETACH PARTITION {_table(month)} "
+                       + ("FINALIZE" if finalize else "CONCURRENTLY"))
+
+
+async def pending_in_month(conn: asyncpg.Connection, month: date) -> int:
+    return await conn.fetchval(f"SELECT count(*) FROM {_table(month)} WHERE sync_status = 'pending'")
+
+
+async def forget_event_ids(conn: asyncpg.Connection, month: date, after: str, limit: int) -> tuple[int, str | None]:
+    """Drop from usage_event_ids the ids of a detached month's rows, `limit` rows from the id `after` on (its key
+    order). Returns (ids deleted, the last id looked at: None when the month is done)."""
+    row = await conn.fetchrow(
+        f"""WITH chunk AS (SELECT event_id, occurred_at FROM {_table(month)}
+                           WHERE event_id > $1 ORDER BY event_id LIMIT $2),
+                gone AS (DELETE FROM usage_event_ids i USING chunk
+                         WHERE i.event_id = chunk.event_id AND i.occurred_at = chunk.occurred_at RETURNING 1)
+            SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM chunk) AS seen,
+                   (SELECT max(event_id) FROM chunk) AS last""",
+        after, limit)
+    return row["deleted"], row["last"] if row["seen"] == limit else None
+
+
+async def drop_month(conn: asyncpg.Connection, month: date) -> None:
+    """A detached month only: it is a table of its own by then, and dropping it locks nothing else."""
+    await conn.execute(f"DROP TABLE {_table(month)}")
+
+
+async def try_lock_maintenance(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK)
+
+
+async def unlock_maintenance(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK)
+
+
+async def prune_periods(conn: asyncpg.Connection, cut: datetime, limit: int) -> int:
+    """Up to `limit` counters of periods that ended at or before `cut`, with the period's threads and threshold
+    crossings (one statement: a period goes whole). Returns the counters deleted. No event may count in such a
+    period any more (it would be older than the cut), so nothing writes them while they go."""
+    return await conn.fetchval(
+        """WITH old AS (SELECT user_id, limit_name, period_start FROM usage_counters
+                        WHERE period_end <= $1 ORDER BY period_end LIMIT $2),
+                threads AS (DELETE FROM usage_threads t USING old
+                            WHERE old.limit_name = 'threads_per_month' AND t.user_id = old.user_id
+                              AND t.period_start = old.period_start),
+                crossings AS (DELETE FROM usage_thresholds h USING old
+                              WHERE h.user_id = old.user_id AND h.limit_name = old.limit_name
+                                AND h.period_start = old.period_start),
+                gone AS (DELETE FROM usage_counters c USING old
+                         WHERE c.user_id = old.user_id AND c.limit_name = old.limit_name
+                           AND c.period_start = old.period_start RETURNING 1)
+           SELECT count(*) FROM gone""",
+        cut, limit)
+
+
+async def prune_reservations(conn: asyncpg.Connection, cut: datetime, limit: int) -> int:
+    """Up to `limit` reservations that expired before `cut`: closed (settled, released or expired) long since; a
+    reservation lives at most an hour, so its period is the one of that moment."""
+    result = await conn.execute(
+        """DELETE FROM usage_reservations WHERE id = ANY(ARRAY(
+               SELECT id FROM usage_reservations WHERE expires_at < $1 ORDER BY expires_at LIMIT $2))""",
+        cut, limit)
+    return int(result.split()[-1])
+
+
+ROLLUPS = {"usage_rollups": "day", "usage_rollups_by_model": "day", "usage_rollups_by_month": "month"}
+
+
+async def prune_rollup(conn: asyncpg.Connection, table: str, before: date, limit: int) -> int:
+    """Up to `limit` rows of one rollup (a key of ROLLUPS) for days (or months) before `before`."""
+    column = ROLLUPS[table]  # our own constant names: nothing else reaches the statement's text
+    result = await conn.execute(
+        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2))",
+        before, limit)
+    return int(result.split()[-1])

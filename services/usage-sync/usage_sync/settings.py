@@ -19,6 +19,10 @@ class UsageSyncSettings(ServiceSettings, PolarSettings):
     polar_ingest_batch_size: int = Field(1000, ge=1, le=20_000)
     polar_flush_interval_seconds: float = Field(1.0, gt=0, le=2)
     polar_max_requests_per_second: float = Field(1.0, gt=0, le=8)
+    # The ledger keeps events that occurred in the last this many days (whole months are dropped after it), and the
+    # counters, threads, closed reservations and rollups of periods that ended before it are pruned. An event older
+    # than this is not counted again (Polar's external_id dedup covers the invoice) but dead-lettered with its reason.
+    usage_ledger_retention_days: int = Field(400, ge=35, le=3660)
     # A JSON price file whose entries take precedence over the built-in catalog (shared/prices.py says the format).
     model_prices_file: Path | None = None
 

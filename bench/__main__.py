@@ -1,7 +1,7 @@
 """make bench: every benchmark, each beside its raw baseline in the same run. `make bench BENCH=usage` runs one."""
 import os
 
-from bench import check_latency, ingress, messaging, usage_ingest, usage_query
+from bench import check_latency, ingress, messaging, usage_ingest, usage_query, webhooks
 
 if __name__ == "__main__":
     which = os.environ.get("BENCH", "all")
@@ -15,3 +15,5 @@ if __name__ == "__main__":
         messaging.main()
     if which in ("all", "usage_query"):
         usage_query.main()
+    if which in ("all", "webhooks"):
+        webhooks.main()

@@ -10,9 +10,11 @@ import signal
 import asyncpg
 import nats
 
+from shared import topology
+
 
 async def main() -> None:
-    nc = await nats.connect(os.environ["NATS_URL"])
+    nc = await nats.connect(topology.servers(os.environ["NATS_URL"]))
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=4, max_size=8)
 
     async def on_check(msg) -> None:

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shared import topology
+
 KEY = Webhook(os.environ["POLAR_WEBHOOK_SECRET"])
 STATE: dict = {}
 
@@ -36,7 +38,7 @@ async def receive(request: Request) -> Response:
 
 @asynccontextmanager
 async def lifespan(app: Starlette):
-    nc = await nats.connect(os.environ["NATS_URL"])
+    nc = await nats.connect(topology.servers(os.environ["NATS_URL"]))
     STATE["js"] = nc.jetstream()
     yield
     await nc.close()

@@ -17,14 +17,13 @@ import nats
 from shared import topology
 from shared.periods import month_of
 
-
 # BENCH_BASELINE_ROLLUPS=1: also keep the usage analytics' daily rollups (the same table write usage-sync does since
 # the analytics landed), so the ratio measures the consumer and not the feature.
 WITH_ROLLUPS = os.environ.get("BENCH_BASELINE_ROLLUPS") == "1"
 
 
 async def main() -> None:
-    nc = await nats.connect(os.environ["NATS_URL"])
+    nc = await nats.connect(topology.servers(os.environ["NATS_URL"]))
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=1, max_size=2)
     sub = await nc.jetstream().pull_subscribe_bind(topology.USAGE_SYNC.name, topology.USAGE.name)
     stop = asyncio.Event()

@@ -22,6 +22,7 @@ from polar_billing_client.contracts import CheckReply
 
 from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from dev.stack import PYTHONPATH
+from shared import topology
 from shared.db.migrate import migrate
 from shared.periods import day_of, month_of
 
@@ -66,7 +67,7 @@ async def drive(call, concurrency: int) -> dict:
 
 async def measure(nats_url: str, ingress_url: str) -> dict:
     client = await BillingClient.connect(nats_url)
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(topology.servers(nats_url))
     http = aiohttp.ClientSession(ingress_url, headers={"authorization": f"Bearer {API_KEY}"})
 
     async def ours(user: str) -> None:

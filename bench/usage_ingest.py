@@ -37,7 +37,7 @@ USERS = 500
 
 async def publish_all(nats_url: str, n: int, rate: float | None = None) -> float:
     """Publish n events, as fast as possible or at `rate` events/s."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(topology.servers(nats_url))
     js = nc.jetstream(publish_async_max_pending=4000)
     t0 = time.perf_counter()
     for i in range(n):

@@ -20,14 +20,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from polar_billing_client import BillingClient
+from polar_billing_client.contracts import UsageEvent
+from usage_sync import ledger
 
 from dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from dev.stack import PYTHONPATH
-from polar_billing_client import BillingClient
-from polar_billing_client.contracts import UsageEvent
 from shared.db import create_pool
 from shared.db.migrate import migrate
-from usage_sync import ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS_PER_DAY = int(os.environ.get("BENCH_EVENTS_PER_DAY", "100"))

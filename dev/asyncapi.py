@@ -45,10 +45,12 @@ Consumed by usage-sync (durable `{durable}`): ledger, counters, then Polar's eve
 """
 WEBHOOK_TEXT = """Internal. JetStream stream {stream}. A verified Polar webhook, its raw body unchanged, published by ingress
 with `Nats-Msg-Id` = `webhook-id` (also in header `webhook-id`, with `webhook-timestamp`). Consumed by billing
-(durable `{durable}`, one in flight).
+(durable `{durable}`, several in flight: each user's changes serialize on a lock, and application is
+monotonic).
 """
-CHANGED_TEXT = """JetStream stream {stream}. A user's effective plan or subscription status changed. Published by billing
-from its outbox, once per change (Nats-Msg-Id = webhook id + user id).
+CHANGED_TEXT = """JetStream stream {stream}. A user's effective plan, subscription status or cancel-at-period-end changed.
+Published by billing from its outbox, once per change (Nats-Msg-Id = webhook id, or `reconcile:<repair id>` when
+reconciliation with Polar repaired it, + user id).
 """
 THRESHOLD_TEXT = """JetStream stream {stream}. A user's usage crossed 80 % or 100 % of a limit in a period; once per
 threshold per limit per period. Published by usage-sync from its outbox.

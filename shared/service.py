@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ STARTUP_RETRY_SECONDS = 60.0  # how long to wait for NATS / PostgreSQL to come u
 # Time the messages and requests in hand get to finish at shutdown: inside make run's 10 s Ctrl-C budget and
 # docker's default 10 s.
 GRACEFUL_TIMEOUT = 8.0
+POOL_SIZE = 10  # PostgreSQL connections for endpoints and loops; each consumer adds its concurrency
 R = TypeVar("R", bound=Runtime[Any])
 
 
@@ -138,10 +140,12 @@ def service_app(service: Service[R]) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         s = service.settings
         stopping = asyncio.Event()
-        pool = await _retry("postgres", lambda: create_pool(s.database_url, name=service.name))
+        # Handlers in flight hold a connection each: room for them on top of what endpoints and loops use.
+        pool_size = POOL_SIZE + sum(c.concurrency for c in service.consumers)
+        pool = await _retry("postgres", lambda: create_pool(s.database_url, max_size=pool_size, name=service.name))
         async with pool.acquire() as conn:
             await migrate(conn)
-        await _retry("nats", lambda: topology.apply(s.nats_url))
+        await _retry("nats", lambda: topology.apply(s.nats_url, s.nats_stream_replicas))
         nc: Client = await _retry("nats", lambda: connect_nats(service.name, s.nats_url, stopping))
         rt = await service.build(Connections(name=service.name, nc=nc, js=nc.jetstream(timeout=10), pool=pool,
                                              stopping=stopping))
@@ -190,8 +194,22 @@ def service_app(service: Service[R]) -> Starlette:
     return app
 
 
-def serve(app: Starlette, host: str, port: int) -> None:
-    """Run under uvicorn, which turns SIGTERM / SIGINT into a clean lifespan shutdown and exit code 0."""
+def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+def serve(app: Starlette, host: str, port: int, *, reuse_port: bool = False, own_port: int | None = None) -> None:
+    """Run under uvicorn, which turns SIGTERM / SIGINT into a clean lifespan shutdown and exit code 0.
+
+    `reuse_port`: other processes of this service listen on `port` too (SO_REUSEPORT; the kernel spreads new
+    connections over them, and a dead one's share goes to the rest). `own_port`: this process alone, for its
+    health and metrics."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -206,7 +224,17 @@ def serve(app: Starlette, host: str, port: int) -> None:
     # With these handlers in place the re-raise is a no-op and the clean shutdown exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    if reuse_port or own_port:
+        try:
+            sockets = [_listen(host, port, reuse_port=reuse_port)]
+            if own_port:
+                sockets.append(_listen(host, own_port, reuse_port=False))
+        except OSError as exc:
+            log.critical("service.cannot_listen", extra={"error": str(exc)})
+            raise SystemExit(3) from None
+        server.run(sockets=sockets)
+    else:
+        server.run()
     if not server.started:
         raise SystemExit(3)
 
@@ -221,4 +249,5 @@ def main(service: str, settings_cls: type[S], build_app: Callable[[S], Starlette
 
     settings = load_settings(settings_cls, service)
     setup_logging(service, settings.log_level)
-    serve(build_app(settings), settings.http_host, getattr(settings, port_field))
+    serve(build_app(settings), settings.http_host, getattr(settings, port_field), reuse_port=settings.http_reuse_port,
+          own_port=settings.instance_http_port)

@@ -12,9 +12,10 @@ import asyncpg
 import nats
 import pytest
 
+from dev.embedded import EmbeddedNats, EmbeddedPostgres
+from shared import topology
 from shared.db import connect
 from shared.db.migrate import migrate
-from dev.embedded import EmbeddedNats, EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"
@@ -119,7 +120,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 async def nc(servers: Servers) -> AsyncIterator[nats.NATS]:
-    conn = await nats.connect(servers.nats_url)
+    conn = await nats.connect(topology.servers(servers.nats_url))
     yield conn
     await conn.close()
 

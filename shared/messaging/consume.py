@@ -1,21 +1,25 @@
 """Durable JetStream consumers: one declaration next to each handler, one pull loop, one failure policy.
 
-    @consumes(topology.BILLING_WEBHOOKS, parse=Webhook.from_msg)
-    async def on_webhook(webhook: Webhook, rt: BillingRuntime) -> None: ...          # one message at a time
+    @consumes(topology.BILLING_WEBHOOKS, parse=Webhook.from_msg, concurrency=8)
+    async def on_webhook(webhook: Webhook, rt: BillingRuntime) -> None: ...          # up to 8 messages at once
 
     @consumes_batches(topology.USAGE_SYNC, parse=parse_usage)
     async def on_usage(events: list[UsageEvent], rt: UsageSyncRuntime) -> None: ...  # one transaction per batch
 
 - Parsing happens here, at the edge: `parse` turns a message into the handler's model or raises `Invalid(reason)`,
   and an invalid message is dead-lettered at once. The handler sees typed values only.
-- A handler that returns has committed its work: the message is acked. One that raises is settled by one policy
-  (shared.retry): transient faults are retried with backoff for as long as they last; other failures are retried
-  within a second; `PermanentError`, or a fifth failure, dead-letters the message (shared.messaging.dead_letters)
-  and terminates it. In a batch, a failure that is not transient re-runs the batch one message at a time, so one
-  poison message never takes the others with it.
-- The pull loop is nats-py's, not FastStream's: docs/messaging.md says why. One fetch per batch: it returns at once
-  with what is there (up to the batch size) or waits for a first message, so batches grow with the load; up to
-  `concurrency` batches are handled at once, so the next one is fetched and parsed while the last is in PostgreSQL.
+- A handler that returns has committed its work: the message is acked, each on its own as soon as its own handler
+  returned. One that raises is settled by one policy (shared.retry), per message: transient faults are retried
+  with backoff for as long as they last; other failures are retried within a second; `PermanentError`, or a fifth
+  failure, dead-letters the message (shared.messaging.dead_letters) and terminates it. In a batch, a failure that
+  is not transient re-runs the batch one message at a time, so one poison message never takes the others with it.
+- `concurrency`: single messages handled at once by one process (the handler must not care about order: billing's
+  writes are monotonic and locked per user); batches handled at once for `consumes_batches`, so the next one is
+  fetched and parsed while the last is in PostgreSQL.
+- The pull loop is nats-py's, not FastStream's: docs/messaging.md says why. One fetch per free slot set: it returns
+  at once with what is there (up to the batch size, or the free slots) or waits for a first message, so batches
+  grow with the load. It never ends on an error: a lost server, a leader election or a reconnect only make fetches
+  fail or come back empty for a while (docs/nats.md §10, §13).
 """
 from __future__ import annotations
 
@@ -80,10 +84,10 @@ class Consumer(Generic[T, R]):
         await self.handle(item, rt)
 
 
-def consumes(durable: Durable, *, parse: Callable[[Msg], T], on_dead_letter: DeadLetterHook | None = None
-             ) -> Callable[[Callable[[T, R], Awaitable[None]]], Consumer[T, R]]:
+def consumes(durable: Durable, *, parse: Callable[[Msg], T], on_dead_letter: DeadLetterHook | None = None,
+             concurrency: int = 1) -> Callable[[Callable[[T, R], Awaitable[None]]], Consumer[T, R]]:
     def declare(handle: Callable[[T, R], Awaitable[None]]) -> Consumer[T, R]:
-        return Consumer(durable, parse, handle, batched=False, on_dead_letter=on_dead_letter)
+        return Consumer(durable, parse, handle, batched=False, concurrency=concurrency, on_dead_letter=on_dead_letter)
     return declare
 
 
@@ -125,22 +129,47 @@ class Running(Generic[T, R]):
                 pass
 
     async def _run(self) -> None:
-        sub = self._sub = await self.rt.js.pull_subscribe_bind(self.c.durable.name, self.c.durable.stream)
         slots = asyncio.Semaphore(self.c.concurrency)
+        failures = 0
         while self._running:
-            await slots.acquire()
             try:
-                msgs = await sub.fetch(self.c.batch_size, timeout=IDLE_WAIT)
-            except FETCH_TIMEOUTS:
-                msgs = []
-            except nats.errors.Error as exc:  # disconnected: the client reconnects; try again shortly
-                log.warning("consume.fetch_failed", extra={"consumer": self.c.name, "error": type(exc).__name__})
-                msgs = []
-                await asyncio.sleep(0.5)
-            if not msgs:
+                if self._sub is None:
+                    self._sub = await self.rt.js.pull_subscribe_bind(self.c.durable.name, self.c.durable.stream)
+                await self._pull(self._sub, slots)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any server, election or reconnect
+                failures += 1
+                log.warning("consume.fetch_failed", extra={"consumer": self.c.name, "error": type(exc).__name__,
+                                                           "attempt": failures})
+                await asyncio.sleep(backoff(failures, base=0.25, cap=5.0))
+
+    async def _pull(self, sub: JetStreamContext.PullSubscription, slots: asyncio.Semaphore) -> None:
+        """One fetch for as many messages as there are free slots (a batch takes one slot)."""
+        await slots.acquire()
+        taken = 1
+        if not self.c.batched:
+            while taken < self.c.concurrency and not slots.locked():
+                await slots.acquire()
+                taken += 1
+        want = self.c.batch_size if self.c.batched else taken
+        try:
+            msgs = await sub.fetch(want, timeout=IDLE_WAIT)
+        except FETCH_TIMEOUTS:  # nothing to do; also what a fetch meets while the consumer has no leader
+            msgs = []
+        except BaseException:
+            for _ in range(taken):
                 slots.release()
-                continue
-            task = asyncio.create_task(self._settle(msgs, slots))
+            raise
+        if self.c.batched:
+            groups = [msgs] if msgs else []
+        else:
+            groups = [[m] for m in msgs]
+        for _ in range(taken - len(groups)):
+            slots.release()
+        for group in groups:
+            task = asyncio.create_task(self._settle(group, slots))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -112,7 +113,10 @@ class RpcServer(Generic[R]):
         async def respond(msg: Msg) -> None:
             reply = await ep.answer(msg.data, self.rt)
             if msg.reply:
-                await msg.respond(reply)
+                try:
+                    await msg.respond(reply)
+                except nats.errors.Error as exc:  # the connection is moving to another server: the caller retries
+                    log.warning("rpc.reply_failed", extra={"verb": ep.verb, "error": type(exc).__name__})
 
         async def on_message(msg: Msg) -> None:
             task = asyncio.create_task(respond(msg))

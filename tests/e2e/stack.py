@@ -24,7 +24,7 @@ def stack_env(nats_url: str, database_url: str, **extra: str) -> dict[str, str]:
 
 async def reset_consumer(nats_url: str, stream: str, durable: str) -> None:
     """Start from an empty stream and a fresh durable so another test's leftovers cannot reach this test's database."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(topology.servers(nats_url))
     try:
         js = nc.jetstream()
         await topology.ensure_topology(js)

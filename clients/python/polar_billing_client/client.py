@@ -20,6 +20,7 @@ The chat service follows plan changes and usage thresholds through its own durab
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -33,8 +34,9 @@ from typing import Literal, TypeVar
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from pydantic import BaseModel
 
 from . import links
@@ -124,31 +126,75 @@ class LimitExceeded(Exception):
         super().__init__(f"{decision.reason} (resets at {decision.resets_at})")
         self.limit, self.resets_at, self.decision = decision.reason, decision.resets_at, decision
 
+
+# What a JetStream publish meets while a stream has no leader (an election after a node is lost takes ~5-10 s) or
+# while the connection moves to another server: no responders, no answer, JetStream "temporarily unavailable" (503).
+PUBLISH_RETRYABLE = (asyncio.TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError,
+                     ServiceUnavailableError, nats.errors.ConnectionReconnectingError,
+                     nats.errors.StaleConnectionError)
+# A clustered stream answers 409 while an earlier attempt with the same id is still being replicated: asked again a
+# moment later it answers that attempt's PubAck (duplicate).
+DUPLICATE_IN_PROCESS = 10158
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, PUBLISH_RETRYABLE) or (isinstance(exc, APIError) and exc.err_code == DUPLICATE_IN_PROCESS)
+
+
+async def publish_stored(js: JetStreamContext, subject: str, body: bytes, *, stream: str, headers: dict[str, str],
+                         attempt_timeout: float, retry_for: float) -> PubAck:
+    """Publish until JetStream stored the message or `retry_for` seconds passed. Every attempt carries the same
+    headers, `Nats-Msg-Id` included: an attempt whose PubAck was lost is recognised as a duplicate, never stored
+    twice (docs/nats.md §7). Errors other than the retryable ones are raised at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    attempt = 0
+    while True:
+        attempt += 1
+        left = deadline - loop.time()
+        try:
+            # nats-py adds its own header to the dict it is given: a fresh one per attempt.
+            return await js.publish(subject, body, stream=stream, headers=dict(headers),
+                                    timeout=max(0.05, min(attempt_timeout, left)))
+        except Exception as exc:
+            pause = min(0.05 * 2 ** (attempt - 1), 0.5)
+            if not _retryable(exc) or loop.time() + pause >= deadline:
+                raise
+            # Debug only: during an election every publish in flight retries a dozen times.
+            log.debug("billing.publish_retry", extra={"subject": subject, "attempt": attempt,
+                                                      "error": type(exc).__name__})
+        await asyncio.sleep(pause)
+
+
 def new_event_id() -> str:
     """One per AI response; keep it and pass it again when retrying the publish."""
     return f"ev_{uuid.uuid4().hex}"
 
 
 class BillingClient:
-    def __init__(self, nc: Client, *, publish_timeout: float = 5.0, timeout: float = 2.0,
-                 on_unavailable: Policy = "raise", public_base_url: str | None = None,
+    def __init__(self, nc: Client, *, publish_timeout: float = 5.0, publish_retry_for: float = 15.0,
+                 timeout: float = 2.0, on_unavailable: Policy = "raise", public_base_url: str | None = None,
                  status_page_secret: str | None = None) -> None:
         self.nc = nc
         self.public_base_url = public_base_url
         self.status_page_secret = status_page_secret
         self.js = nc.jetstream(timeout=publish_timeout)
-        self.publish_timeout = publish_timeout
+        self.publish_timeout = publish_timeout  # one attempt's wait for the PubAck
+        # How long a usage event is retried (same event id) before the call raises: longer than a NATS cluster's
+        # leader election after a node is lost.
+        self.publish_retry_for = max(publish_retry_for, publish_timeout)
         self.timeout = timeout
         self.on_unavailable = _policy(on_unavailable)
         self._last_known: OrderedDict[str, tuple[float, CheckReply]] = OrderedDict()
 
     @classmethod
     async def connect(cls, servers: str | list[str], **options) -> BillingClient:
-        """`servers`: one URL, several comma-separated, or a list. options: the client's own (timeout,
-        on_unavailable, public_base_url, status_page_secret, publish_timeout)."""
+        """`servers`: one URL, several comma-separated, or a list (the nodes of a cluster). options: the client's
+        own (timeout, on_unavailable, public_base_url, status_page_secret, publish_timeout, publish_retry_for).
+        The connection reconnects forever, to whichever server of the list (or of the cluster) answers."""
         if isinstance(servers, str):
             servers = [u.strip() for u in servers.split(",") if u.strip()]
-        nc = await nats.connect(servers, name="billing-client", max_reconnect_attempts=-1)
+        nc = await nats.connect(servers, name="billing-client", max_reconnect_attempts=-1, reconnect_time_wait=1)
         return cls(nc, **options)
 
     def status_page_url(self, user_id: str, ttl_seconds: int = links.DEFAULT_TTL) -> str:
@@ -163,9 +209,10 @@ class BillingClient:
     async def track_usage(self, *, user_id: str, thread_id: str, model: str, input_tokens: int, output_tokens: int,
                           cached_input_tokens: int = 0, custom_key: bool = False, event_id: str | None = None,
                           occurred_at: datetime | None = None, reservation_id: str | None = None) -> PubAck:
-        """Publish one usage event and wait until JetStream stored it. Raises on a bad event (ValueError /
-        pydantic.ValidationError) or when the broker did not confirm (nats.errors.TimeoutError: retry with the
-        same event_id; a duplicate is recognised and stored once)."""
+        """Publish one usage event and wait until JetStream stored it, retrying (same event id) through a server
+        loss or a leader election for up to `publish_retry_for` seconds. Raises on a bad event (ValueError /
+        pydantic.ValidationError) or when the broker did not confirm in that time (nats.errors.TimeoutError,
+        NoStreamResponseError: retry with the same event_id; a duplicate is recognised and stored once)."""
         event = UsageEvent(
             event_id=event_id or new_event_id(), user_id=user_id, thread_id=thread_id, model=model,
             input_tokens=input_tokens, output_tokens=output_tokens, cached_input_tokens=cached_input_tokens,
@@ -279,13 +326,10 @@ class BillingClient:
                                    timeout or 15.0)
 
     async def publish_usage(self, event: UsageEvent) -> PubAck:
-        return await self.js.publish(
-            usage_subject(event.user_id),
-            event.model_dump_json().encode(),
-            stream=USAGE_STREAM,
-            headers={"Nats-Msg-Id": event.event_id, "content-type": "application/json"},
-            timeout=self.publish_timeout,
-        )
+        return await publish_stored(self.js, usage_subject(event.user_id), event.model_dump_json().encode(),
+                                    stream=USAGE_STREAM,
+                                    headers={"Nats-Msg-Id": event.event_id, "content-type": "application/json"},
+                                    attempt_timeout=self.publish_timeout, retry_for=self.publish_retry_for)
 
     # --- billing's events ------------------------------------------------------------------------------------------
     async def events(self, durable: str, *, batch: int = 50, from_start: bool = False
@@ -307,6 +351,12 @@ class BillingClient:
                 try:
                     msgs = await sub.fetch(batch, timeout=5)
                 except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    raise
+                except nats.errors.Error as exc:  # a server lost, a leader election: the connection reconnects
+                    log.warning("billing.events_fetch_failed", extra={"error": type(exc).__name__})
+                    await asyncio.sleep(1)
                     continue
                 for m in msgs:
                     event: BillingEvent | None = None

@@ -1,4 +1,5 @@
-"""Billing's consumer: the stored Polar webhooks, one at a time. No SQL here."""
+"""Billing's consumer: the stored Polar webhooks, several at once (each user's changes serialize on the user's
+lock in apply_webhook; application is monotonic, so order across users does not matter). No SQL here."""
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,8 @@ async def mark_failed(msg: Msg, reason: str, rt: BillingRuntime) -> None:
     WEBHOOKS.labels("dead_lettered").inc()
 
 
-# Fed by POLAR_WEBHOOKS (polar.webhook.>) through the durable `billing`, one message in flight (stream order).
-@consumes(topology.BILLING_WEBHOOKS, parse=Webhook.from_msg, on_dead_letter=mark_failed)
+# Fed by POLAR_WEBHOOKS (polar.webhook.>) through the durable `billing`, up to 8 in flight per process.
+@consumes(topology.BILLING_WEBHOOKS, parse=Webhook.from_msg, on_dead_letter=mark_failed, concurrency=8)
 async def on_webhook(webhook: Webhook, rt: BillingRuntime) -> None:
     """Apply and commit (change events go to the outbox in the same transaction); the consumer then acks."""
     async with rt.pool.acquire() as conn:

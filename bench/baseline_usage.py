@@ -17,7 +17,7 @@ import nats
 from shared import topology
 from shared.periods import month_of
 
-# BENCH_BASELINE_ROLLUPS=1: also keep the usage analytics' daily rollups (the same table write usage-sync does since
+# BENCH_BASELINE_ROLLUPS=1: also keep the usage analytics' three rollups (the same table writes usage-sync does since
 # the analytics landed), so the ratio measures the consumer and not the feature.
 WITH_ROLLUPS = os.environ.get("BENCH_BASELINE_ROLLUPS") == "1"
 
@@ -63,14 +63,33 @@ async def main() -> None:
                                                                     $4::bigint[]) AS t(u, s, e, v)
                    ON CONFLICT (user_id, limit_name, period_start) DO UPDATE SET used = usage_counters.used + EXCLUDED.used""",
                 [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [counters[k] for k in keys])
-            if rollups:  # the analytics' daily rollups, as usage-sync keeps them (bench/usage_ingest.py)
+            if rollups:  # the analytics' three rollups, as usage-sync keeps them (bench/usage_ingest.py)
                 rk = sorted(rollups)
                 await conn.execute(
-                    """INSERT INTO usage_rollups AS r (user_id, day, model, thread_id, events, input_tokens,
-                                                       output_tokens)
-                       SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[],
-                                            $6::bigint[], $7::bigint[])
-                       ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET events = r.events + EXCLUDED.events,
+                    """WITH added (user_id, day, model, thread_id, events, input_tokens, output_tokens) AS (
+                           SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[],
+                                                $6::bigint[], $7::bigint[])),
+                       fine AS (
+                           INSERT INTO usage_rollups AS r (user_id, day, model, thread_id, events, input_tokens,
+                                                           output_tokens)
+                           SELECT * FROM added
+                           ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET events = r.events + EXCLUDED.events,
+                               input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+                               output_tokens = r.output_tokens + EXCLUDED.output_tokens),
+                       by_model AS (
+                           INSERT INTO usage_rollups_by_model AS r (user_id, day, model, events, input_tokens,
+                                                                    output_tokens)
+                           SELECT user_id, day, model, sum(events), sum(input_tokens), sum(output_tokens)
+                           FROM added GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+                           ON CONFLICT (user_id, day, model) DO UPDATE SET events = r.events + EXCLUDED.events,
+                               input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+                               output_tokens = r.output_tokens + EXCLUDED.output_tokens)
+                       INSERT INTO usage_rollups_by_month AS r (user_id, month, model, thread_id, events,
+                                                                input_tokens, output_tokens)
+                       SELECT user_id, date_trunc('month', day)::date, model, thread_id, sum(events),
+                              sum(input_tokens), sum(output_tokens)
+                       FROM added GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+                       ON CONFLICT (user_id, month, model, thread_id) DO UPDATE SET events = r.events + EXCLUDED.events,
                            input_tokens = r.input_tokens + EXCLUDED.input_tokens,
                            output_tokens = r.output_tokens + EXCLUDED.output_tokens""",
                     [k[0] for k in rk], [k[1] for k in rk], [k[2] for k in rk], [k[3] for k in rk],

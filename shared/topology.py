@@ -121,7 +121,7 @@ BILLING_WEBHOOKS = Durable(
         max_deliver=-1,  # the app decides when to dead-letter; an outage must never exhaust deliveries
         # Webhooks are applied concurrently (monotonic, locked per user: order cannot matter, docs/nats.md §5); this
         # only caps the deployment's messages in flight: keep it >= billing instances x the `concurrency` of
-        # billing's @consumes (8): a fetch at the cap waits out its whole timeout (docs/nats.md §4).
+        # billing's @consumes (32): a fetch at the cap waits out its whole timeout (docs/nats.md §4).
         max_ack_pending=256,
     ),
 )

@@ -247,7 +247,8 @@ async def apply_webhook(conn: asyncpg.Connection, catalog: PlanCatalog, webhook:
         note = ctx.skip_reason
         if webhook.had_nul:
             note = "; ".join(n for n in (note, "text with U+0000 stored with U+FFFD in its place") if n)
-        await repo.finish_webhook(conn, webhook.id, status, note)
+        if status != "applied" or note:  # claim_webhook wrote `applied` without a note
+            await repo.finish_webhook(conn, webhook.id, status, note)
         changes = await note_changes(conn, ctx.before, webhook.id, env.timestamp)
         failpoints.hit("billing.before_commit", webhook.id)
         return Outcome(status, changes, ctx.skip_reason)

@@ -37,8 +37,8 @@ async def mark_failed(msg: Msg, reason: str, rt: BillingRuntime) -> None:
     WEBHOOKS.labels("dead_lettered").inc()
 
 
-# Fed by POLAR_WEBHOOKS (polar.webhook.>) through the durable `billing`, up to 8 in flight per process.
-@consumes(topology.BILLING_WEBHOOKS, parse=Webhook.from_msg, on_dead_letter=mark_failed, concurrency=8)
+# Fed by POLAR_WEBHOOKS (polar.webhook.>) through the durable `billing`, up to 32 in flight per process.
+@consumes(topology.BILLING_WEBHOOKS, parse=Webhook.from_msg, on_dead_letter=mark_failed, concurrency=32)
 async def on_webhook(webhook: Webhook, rt: BillingRuntime) -> None:
     """Apply and commit (change events go to the outbox in the same transaction); the consumer then acks."""
     async with rt.pool.acquire() as conn:

@@ -18,13 +18,15 @@ async def claim_webhook(conn: asyncpg.Connection, webhook_id: str, event_type: s
 
     A `failed` row is taken again (a redelivery or a replay after the fault was fixed); `replay=True` takes any row.
     Concurrent deliveries of one id serialize on the primary key: the second sees the first's committed row.
+    The row is written `applied` at once, the common outcome, saving a statement per webhook: nobody sees it before
+    the transaction commits, and finish_webhook corrects it when the outcome is another (a rollback removes it).
     """
     row = await conn.fetchrow(
-        """INSERT INTO webhook_log (webhook_id, type, event_ts, payload, status, attempts)
-           VALUES ($1, $2, $3, $4, 'received', 1)
+        """INSERT INTO webhook_log (webhook_id, type, event_ts, payload, status, attempts, processed_at)
+           VALUES ($1, $2, $3, $4, 'applied', 1, now())
            ON CONFLICT (webhook_id) DO UPDATE
-               SET attempts = webhook_log.attempts + 1, status = 'received', error = NULL,
-                   payload = EXCLUDED.payload, event_ts = EXCLUDED.event_ts
+               SET attempts = webhook_log.attempts + 1, status = 'applied', error = NULL,
+                   payload = EXCLUDED.payload, event_ts = EXCLUDED.event_ts, processed_at = now()
                WHERE webhook_log.status IN ('failed', 'received') OR $5
            RETURNING webhook_id""",
         webhook_id, event_type, event_ts, payload, replay,

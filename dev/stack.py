@@ -258,6 +258,8 @@ def run() -> int:
         env["POLAR_WEBHOOK_SECRET"] = secret
         env["STATUS_PAGE_SECRET"] = env.get("STATUS_PAGE_SECRET") or _local_secret("status_page_secret", "")
         ingress_port = int(env.get("INGRESS_PORT", "8000"))
+        # Where this ingress answers: checkout return links, and the webhook endpoint reconciliation looks after.
+        env["PUBLIC_BASE_URL"] = env.get("PUBLIC_BASE_URL") or f"http://127.0.0.1:{ingress_port}"
         ingress = ingress_workers(counts["INGRESS_WORKERS"], ingress_port)
         billing = instances("billing", "billing", counts["BILLING_INSTANCES"], "BILLING_HTTP_PORT",
                             _pick_port(int(env.get("BILLING_HTTP_PORT", "8081"))))
@@ -275,6 +277,11 @@ def run() -> int:
             say(f"Polar: the emulator on {emulator.base_url} (POLAR_ACCESS_TOKEN unset); it signs webhooks to "
                 f"ingress with the secret below. Drive it: .venv/bin/polar-billing emulator --help")
         say(secret_line(secret, origin, generated=bool(env.pop("POLAR_WEBHOOK_SECRET_GENERATED", ""))))
+        interval = env.get("POLAR_RECONCILE_INTERVAL_SECONDS", "900")
+        say(f"Reconciliation with Polar: at start, then every {interval} s; billing's log says what each sweep "
+            f"found (reconcile.*_done) and the webhook endpoint's health. See .venv/bin/polar-billing reconcile "
+            f"status" if interval not in ("0", "0.0") else "Reconciliation with Polar: off "
+            "(POLAR_RECONCILE_INTERVAL_SECONDS=0)")
         env["PYTHONPATH"] = PYTHONPATH
         env["PYTHONUNBUFFERED"] = "1"
         for child in children:

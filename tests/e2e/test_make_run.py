@@ -33,6 +33,7 @@ def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphan
         assert "NATS (embedded" in text and "PostgreSQL (embedded" in text
         assert "webhook secret (generated for local use" in text
         assert "Polar: the emulator on" in text
+        assert "Reconciliation with Polar: at start, then every 900 s" in text
         for tag in ("ingress    | {", "billing    | {", "usage-sync | {"):
             assert tag in text
         assert httpx.get(f"http://127.0.0.1:{ingress_port}/readyz").status_code == 200
@@ -50,6 +51,14 @@ def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphan
         while '"event": "webhook.applied"' not in log.read_text() or log.read_text().count("webhook.applied") < 6:
             assert time.monotonic() - t1 < 30, log.read_text()[-3000:]
             time.sleep(0.2)
+        # The reconciler ran at start, and found the emulator's webhook endpoint (pointed at this ingress) enabled.
+        t2 = time.monotonic()
+        while '"event": "reconcile.sweep_done"' not in log.read_text():
+            assert time.monotonic() - t2 < 30, log.read_text()[-3000:]
+            time.sleep(0.2)
+        sweep = next(json.loads(line.split("| ", 1)[1]) for line in log.read_text().splitlines()
+                     if '"event": "reconcile.sweep_done"' in line)
+        assert sweep["endpoint"] == "healthy", sweep
         run_the_readme_commands(env)
         # What Ctrl-C in the terminal does: SIGINT to the supervisor.
         t_stop = time.monotonic()

@@ -476,6 +476,8 @@ async def loop(rt: BillingRuntime) -> None:
                     empty = False
             except Exception:
                 log.exception(f"reconcile.{kind}_failed")
+            if kind == "backfill" and not empty:
+                continue  # imported: sweep at once (the webhook endpoint's health, meters), then every interval
             wait = min(interval, 5.0) if empty else interval  # a failed import is tried again soon
             try:
                 await asyncio.wait_for(rt.stopping.wait(), timeout=wait)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-
 from polar_billing_client.client import BillingClient
+
 from shared.db import connect
 from tests.conftest import Servers
 from tests.e2e.usage_stack import reset_usage_consumer, stop_all, usage_env

@@ -278,13 +278,13 @@ class Reconciler:
                 self._warn_once("scope", "reconcile.webhook_endpoint_no_scope",
                                 hint="the access token lacks webhooks:read / webhooks:write; the endpoint cannot be "
                                      "checked or healed, the rest of reconciliation runs")
-                return self._endpoint_result("no_scope", None, None)
+                return self._endpoint_result("no_scope", None)
             raise
         if ep is None:
             self._warn_once("missing", "reconcile.webhook_endpoint_not_found",
                             endpoint_id=self.settings.polar_webhook_endpoint_id,
                             url=self.settings.public_base_url.rstrip("/") + WEBHOOK_PATH)
-            return self._endpoint_result("not_found", None, None)
+            return self._endpoint_result("not_found", None)
         async with self.pool.acquire() as conn:
             health = await repo.endpoint_health(conn)
         last_healthy = health["last_healthy_at"] if health and health["last_healthy_at"] else now - FIRST_LOOKBACK
@@ -296,7 +296,7 @@ class Reconciler:
             async with self.pool.acquire() as conn:
                 await repo.set_endpoint_health(conn, endpoint_id=ep.id, enabled=ep.enabled, healthy_at=None,
                                                note="our ingress does not answer at PUBLIC_BASE_URL")
-            return self._endpoint_result("failed", ep.id, ep.enabled)
+            return self._endpoint_result("failed", ep.enabled)
         if not ep.enabled:
             try:
                 await self.call("webhooks.update_webhook_endpoint", lambda: self.polar.webhooks.update_webhook_endpoint(
@@ -309,7 +309,7 @@ class Reconciler:
                 async with self.pool.acquire() as conn:
                     await repo.set_endpoint_health(conn, endpoint_id=ep.id, enabled=False, healthy_at=None,
                                                    note=f"Polar refused to enable it: {reason[:300]}")
-                return self._endpoint_result("refused", ep.id, False)
+                return self._endpoint_result("refused", False)
             log.warning("reconcile.webhook_endpoint_reenabled", extra={"endpoint_id": ep.id,
                                                                        "last_healthy_at": last_healthy.isoformat()})
             outcome = "reenabled"
@@ -317,7 +317,7 @@ class Reconciler:
         async with self.pool.acquire() as conn:
             await repo.set_endpoint_health(conn, endpoint_id=ep.id, enabled=True, healthy_at=now,
                                            note=f"{outcome}; {result.redelivered} event(s) redelivered")
-        return self._endpoint_result(outcome, ep.id, True)
+        return self._endpoint_result(outcome, True)
 
     async def _our_edge_answers(self) -> bool:
         """Ingress's readiness, at the address Polar delivers to."""
@@ -327,7 +327,7 @@ class Reconciler:
         except httpx.HTTPError:
             return False
 
-    def _endpoint_result(self, outcome: str, endpoint_id: str | None, enabled: bool | None) -> str:
+    def _endpoint_result(self, outcome: str, enabled: bool | None) -> str:
         ENDPOINT_CHECKS.labels(outcome).inc()
         ENDPOINT_ENABLED.set(-1 if enabled is None else int(enabled))
         return outcome

@@ -114,8 +114,8 @@ class PolarSync:
         self.event_name = s.polar_usage_event_name
         self.batch_size = s.polar_ingest_batch_size
         self.flush_interval = s.polar_flush_interval_seconds
-        own_share, _ = rt.budget.caps(Priority.INGEST)
-        self.min_gap = max(1.0 / s.polar_max_requests_per_second, rt.budget.window_seconds / own_share)
+        own_cap, _ = rt.budget.caps(Priority.INGEST)  # requests per window: spread evenly over it
+        self.min_gap = max(1.0 / s.polar_max_requests_per_second, rt.budget.window_seconds / own_cap)
         self._last_request = 0.0
         self._failures = 0
         self._occurred_at: dict[str, datetime] = {}  # of the rows taken by the step in hand

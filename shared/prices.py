@@ -86,7 +86,8 @@ PRICES: tuple[Price, ...] = (
 PICO_PER_MICRO = 1_000_000
 
 
-@dataclass(frozen=True)
+# eq=False: hashed by identity, so the per-event price caches below do not hash the whole catalog each call.
+@dataclass(frozen=True, eq=False)
 class PriceCatalog:
     version: str
     prices: tuple[Price, ...]

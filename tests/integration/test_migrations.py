@@ -95,7 +95,7 @@ async def test_the_ledger_with_its_rows_becomes_monthly_partitions(empty_databas
             "INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens, "
             "billable_tokens, occurred_at, sync_status, cost_micro_usd) "
             "VALUES ($1, 'u', 't', 'm', 1, 2, 3, $2, $3, $4)", rows)
-        assert await migrate(empty_database_url) == [11]
+        assert (await migrate(empty_database_url))[:1] == [11]  # and any later ones
 
         assert await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'usage_events'") == "p"
         moved = await conn.fetch("SELECT event_id, occurred_at, sync_status, cost_micro_usd, tableoid::regclass::text "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import asyncpg
 
@@ -14,7 +14,7 @@ from billing.polar_models import Webhook
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from polar_billing_client.contracts import CheckRequest, UsageEvent
 from shared.db import create_pool
-from shared.periods import month_of
+from shared.periods import day_of, month_of
 from shared.plans import PlanCatalog
 from tests.support.webhooks import body_of, example, retarget
 from usage_sync import ledger
@@ -89,3 +89,62 @@ async def test_a_new_period_starts_the_counters_at_zero(db: asyncpg.Connection) 
     state = UserState.from_row(await billing_repo.user_state(db, "u5", next_month, None))
     reply = evaluate(state, CheckRequest(user_id="u5"), CATALOG, next_month).reply
     assert reply.allowed and reply.limits["tokens_per_month"].used == 0
+
+
+async def test_messages_count_in_the_events_utc_day_whatever_its_offset(db: asyncpg.Connection) -> None:
+    """The batch statement derives the day in SQL: it must equal shared.periods.day_of for offsets either side."""
+    plus = timezone(timedelta(hours=5, minutes=30))
+    minus = timezone(timedelta(hours=-7))
+    events = [ev("u6", 10, at=datetime(2026, 3, 1, 4, 0, tzinfo=plus)),  # 2026-02-28 22:30 UTC
+              ev("u6", 10, at=datetime(2026, 2, 28, 23, 59, 59, 999999, tzinfo=timezone.utc)),
+              ev("u6", 10, at=datetime(2026, 2, 28, 17, 0, tzinfo=minus)),  # 2026-03-01 00:00 UTC
+              ev("u6", 10, at=datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc))]
+    await ledger.record(db, events)
+    rows = await db.fetch("SELECT period_start, period_end, used FROM usage_counters "
+                          "WHERE user_id='u6' AND limit_name='messages_per_day' ORDER BY 1")
+    assert [(r["period_start"], r["period_end"], r["used"]) for r in rows] == [
+        (*day_of(events[1].occurred_at), 2), (*day_of(events[3].occurred_at), 2)]
+    rollups = await db.fetch("SELECT day, events FROM usage_rollups WHERE user_id='u6' ORDER BY 1")
+    assert [(r["day"], r["events"]) for r in rollups] == [(date(2026, 2, 28), 2), (date(2026, 3, 1), 2)]
+    tokens = await db.fetch("SELECT period_start, used FROM usage_counters "
+                            "WHERE user_id='u6' AND limit_name='tokens_per_month' ORDER BY 1")
+    assert [(r["period_start"], r["used"]) for r in tokens] == [(month_of(events[1].occurred_at)[0], 20),
+                                                              (month_of(events[3].occurred_at)[0], 20)]
+
+
+async def test_remembered_threads_are_not_counted_twice_and_a_repeats_thread_is_not_remembered(
+        db: asyncpg.Connection) -> None:
+    seen = ledger.Remembered()
+    first = ev("u7", 10, thread="a")
+    seen.add(await ledger.record(db, [first, ev("u7", 10, thread="b")], seen))
+    assert {t[2] for t in seen.threads if t[0] == "u7"} == {"a", "b"}
+    seen.add(await ledger.record(db, [ev("u7", 10, thread="a"), ev("u7", 10, thread="c")], seen))
+    assert (await counters(db, "u7"))["threads_per_month"] == 3
+
+    # A repeat of `first` from another month: nothing of it is written, and its thread there is not remembered,
+    # so a new event in that thread and month still counts the thread.
+    last_month = month_of(NOW)[0] - timedelta(days=3)
+    repeat = first.model_copy(update={"occurred_at": last_month})
+    result = await ledger.record(db, [repeat], seen)
+    assert (result.inserted, result.duplicates, result.threads) == (0, 1, set())
+    seen.add(result)
+    await ledger.record(db, [ev("u7", 10, thread="a", at=last_month)], seen)
+    rows = await db.fetch("SELECT period_start, used FROM usage_counters "
+                          "WHERE user_id='u7' AND limit_name='threads_per_month' ORDER BY 1")
+    assert [r["used"] for r in rows] == [1, 3]
+
+
+async def test_crossings_follow_the_users_plan(db: asyncpg.Connection) -> None:
+    """Pro's 1,000,000 tokens: 850,000 crosses 80 % only; Free's 100,000 would have crossed both."""
+    payload = retarget(example("subscription.active"), "pro-crossing")
+    payload["data"]["customer"]["external_id"] = "u8"
+    payload["data"]["product_id"] = PRO_PRODUCT_ID
+    await apply_webhook(db, CATALOG, Webhook.parse("wh-u8", body_of(payload)))
+    result = await ledger.record(db, [ev("u8", 850_000), ev("u9", 85_000)])
+    assert result.crossings == 2
+    rows = await db.fetch("SELECT user_id, limit_name, percent, limit_value FROM usage_thresholds "
+                          "WHERE user_id IN ('u8', 'u9') ORDER BY 1, 3")
+    assert [tuple(r) for r in rows] == [("u8", "tokens_per_month", 80, 1_000_000),
+                                        ("u9", "tokens_per_month", 80, 100_000)]
+    again = await ledger.record(db, [ev("u8", 1), ev("u9", 1)])
+    assert again.crossings == 0  # already stored

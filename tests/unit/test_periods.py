@@ -84,7 +84,7 @@ def test_no_usable_subscription_period_means_the_calendar_month(subscription: tu
 
 
 def test_the_ledgers_per_batch_periods_equal_the_direct_computation_for_every_event() -> None:
-    """usage_sync.ledger.Periods caches by UTC hour; it must never differ from billing_period / day_of."""
+    """usage_sync.ledger.Periods caches by UTC hour; it must never differ from billing_period."""
     import random
 
     from usage_sync.ledger import Periods
@@ -100,4 +100,3 @@ def test_the_ledgers_per_batch_periods_equal_the_direct_computation_for_every_ev
         for user in ("free", "paid", "odd"):
             sub = paid[user][1] if user in paid else None
             assert periods.billing(user, at) == billing_period(sub, at)
-        assert periods.day(at) == day_of(at)

@@ -25,7 +25,6 @@ DUPLICATES = Counter("usage_events_duplicates_total", "Usage events already in t
 DEAD = Counter("usage_events_dead_lettered_total", "Usage messages refused, by reason", ["reason"])
 TOO_OLD = Counter("usage_events_too_old_total", "Usage events that occurred before the ledger's retention window "
                   "(not counted: dead-lettered, or skipped by the ledger at the boundary)")
-MAX_REMEMBERED_THRESHOLDS = 100_000
 BATCH = Histogram("usage_batch_size", "Events per recorded batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 
 
@@ -74,16 +73,14 @@ async def count_dead(msg: Msg, reason: str, rt: UsageSyncRuntime) -> None:
 # parses with `in_ledger_window(USAGE_LEDGER_RETENTION_DAYS)`.
 @consumes_batches(topology.USAGE_SYNC, parse=parse_usage, on_dead_letter=count_dead)
 async def on_usage_batch(events: list[UsageEvent], rt: UsageSyncRuntime) -> None:
-    """Record the batch in one transaction; the consumer acks the messages once it returns."""
+    """Record the batch in one statement; the consumer acks the messages once it returns."""
     oldest = retention.cut_of(rt.now(), rt.settings.usage_ledger_retention_days)
     async with rt.pool.acquire() as conn:
-        result = await ledger.record(conn, events, rt.stored_thresholds, rt.prices, oldest=oldest)
+        result = await ledger.record(conn, events, rt.remembered, rt.prices, oldest=oldest)
     if result.too_old:  # parsed a moment before the cut passed them: skipped like a duplicate
         TOO_OLD.inc(result.too_old)
         log.warning("usage.too_old_skipped", extra={"events": result.too_old, "oldest": oldest.isoformat()})
-    if len(rt.stored_thresholds) > MAX_REMEMBERED_THRESHOLDS:
-        rt.stored_thresholds.clear()
-    rt.stored_thresholds.update(result.thresholds)
+    rt.remembered.add(result)
     RECEIVED.inc(len(events))
     BATCH.observe(len(events))
     INSERTED.inc(result.inserted)

@@ -1,4 +1,4 @@
-"""Usage events → the ledger and the counters limits read, one transaction per batch. No SQL here.
+"""Usage events → the ledger and the counters limits read, one statement per batch. No SQL here.
 
 Counters move only for ledger rows actually inserted, so a redelivered or republished event counts once, even days
 apart and with another occurred_at (usage_event_ids holds every id within retention). An event that occurred before
@@ -7,21 +7,22 @@ apart and with another occurred_at (usage_event_ids holds every id within retent
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from polar_billing_client.contracts import UsageEvent
 
-from shared.periods import Period, billing_period, day_of
-from shared.plans import PLANS, LimitName, PlanName
+from shared.periods import Period, billing_period
+from shared.plans import PLANS, LimitName
 from shared.prices import PriceCatalog
 
 from . import repository as repo
 
 log = logging.getLogger(__name__)
 DEFAULT_PRICES = PriceCatalog.load()
+# Each plan's limits, for the crossings the batch's statement records (0 or absent: unlimited).
+LIMITS = repo.PlanLimits([(plan.value, name.value, PLANS[plan].limit(name) or 0) for plan in PLANS for name in LimitName])
 
 
 @dataclass
@@ -30,62 +31,51 @@ class Recorded:
     duplicates: int = 0
     too_old: int = 0  # occurred before `oldest`: not recorded
     settled: int = 0
-    thresholds: list[tuple] = field(default_factory=list)  # crossings now stored (committed once record returns)
+    crossings: int = 0  # threshold crossings stored for the first time
+    threads: set[tuple[str, datetime, str]] = field(default_factory=set)  # (user, period, thread) now stored
 
 
-THRESHOLDS = (80, 100)
+@dataclass
+class Remembered:
+    """Threads (user, period start, thread) this process saw committed, so they are not sent again with every batch:
+    the table's key keeps each once either way, this only saves rows. Emptied when it outgrows `limit`."""
+    threads: set[tuple[str, datetime, str]] = field(default_factory=set)
+    limit: int = 100_000
 
-
-def crossings(counters: list[asyncpg.Record], plans: dict[str, str]) -> list[tuple]:
-    """Each threshold a counter now stands at or past, under the user's plan (Free without a paid subscription)."""
-    out = []
-    for c in counters:
-        limit = PLANS[PlanName(plans.get(c["user_id"], "free"))].limit(LimitName(c["limit_name"]))
-        if not limit:
-            continue
-        for pct in THRESHOLDS:
-            if c["used"] * 100 >= pct * limit:
-                out.append((c["user_id"], c["limit_name"], c["period_start"], pct, c["used"], limit, c["period_end"]))
-    return out
+    def add(self, recorded: Recorded) -> None:
+        """Only once `record` returned (its statement committed): a row that was rolled back must be sent again."""
+        if len(self.threads) > self.limit:
+            self.threads.clear()
+        self.threads.update(recorded.threads)
 
 
 class Periods:
     """The counter periods of one batch's events. Most events of a batch share a day and a period: each is computed
-    once per (user's period, UTC hour) rather than once per event."""
+    once per (user's period, UTC hour) rather than once per event, keyed by the event's epoch hour (cheaper to get
+    than a truncated datetime)."""
 
     def __init__(self, paid: dict[str, tuple[str, Period | None]]) -> None:
         self.paid = paid
-        self._billing: dict[tuple[Period | None, datetime], Period] = {}
-        self._days: dict[datetime, Period] = {}
-
-    @staticmethod
-    def _hour(at: datetime) -> datetime:
-        return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        self._billing: dict[tuple[Period | None, int], Period | None] = {}  # None: decide each event exactly
 
     def billing(self, user_id: str, at: datetime) -> Period:
         sub = self.paid[user_id][1] if user_id in self.paid else None
-        hour = self._hour(at)
-        if sub is not None and sub[0] > hour:  # a period may start mid-hour: decide this event exactly
-            return billing_period(sub, at)
-        key = (sub, hour)
-        if key not in self._billing:
-            self._billing[key] = billing_period(sub, hour)
-        found = self._billing[key]
-        return found if found[1] > at else billing_period(sub, at)
-
-    def day(self, at: datetime) -> Period:
-        hour = self._hour(at)
-        if hour not in self._days:
-            self._days[hour] = day_of(hour)
-        return self._days[hour]
+        key = (sub, int(at.timestamp() // 3600))
+        if key in self._billing:
+            found = self._billing[key]
+        else:
+            hour = datetime.fromtimestamp(key[1] * 3600, UTC)
+            # A period may start mid-hour: such an hour's events are decided exactly.
+            found = self._billing[key] = None if sub is not None and sub[0] > hour else billing_period(sub, hour)
+        return found if found is not None and found[1] > at else billing_period(sub, at)
 
 
-async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thresholds: set[tuple] | None = None,
+async def record(conn: asyncpg.Connection, events: list[UsageEvent], remembered: Remembered | None = None,
                  prices: PriceCatalog = DEFAULT_PRICES, *, oldest: datetime | None = None) -> Recorded:
-    """Ledger rows, counters, threads and reservations of one batch, in one transaction.
+    """Ledger rows, counters, threads, rollups, threshold crossings and reservations of one batch: the users' plans
+    are read first, then everything is written by one statement (atomic on its own, and one round trip).
 
-    `stored_thresholds`: crossings this process already saw committed (user, limit, period start, percent); they are
-    not sent again. The table's primary key keeps each crossing once either way: this only saves the statement.
+    `remembered`: threads this process already saw committed; they are not sent again.
     `oldest`: the retention cut (None: no cut, for tools that load history into months they created)."""
     unique: dict[str, UsageEvent] = {}
     too_old = 0
@@ -94,55 +84,26 @@ async def record(conn: asyncpg.Connection, events: list[UsageEvent], stored_thre
             too_old += 1
             continue
         unique.setdefault(e.event_id, e)  # a repeat inside the batch is a duplicate like any other
-    async with conn.transaction():
-        paid = await repo.paid_periods(conn, sorted({e.user_id for e in unique.values()}))
-        costs = {e.event_id: prices.cost_micro_usd(e.model, e.occurred_at, e.input_tokens, e.cached_input_tokens,
-                                                   e.output_tokens) for e in unique.values()}
-        inserted = await repo.insert_events(conn, [
-            (e.event_id, e.user_id, e.thread_id, e.model, e.input_tokens, e.output_tokens, e.cached_input_tokens,
-             e.custom_key, e.billable_tokens, e.reservation_id, e.occurred_at, costs[e.event_id],
-             prices.version if costs[e.event_id] is not None else None)
-            for e in sorted(unique.values(), key=lambda e: e.event_id)  # one lock order for concurrent batches
-        ])
-        rollups: dict[tuple[str, date, str, str], list[int]] = {}
-        deltas: dict[tuple[str, str, datetime, datetime], int] = defaultdict(int)
-        threads: list[tuple[str, datetime, str]] = []
-        period_end: dict[tuple[str, datetime], datetime] = {}
-        reservations = []
-        periods = Periods(paid)
-        for e in unique.values():
-            if e.event_id not in inserted:
-                continue
-            start, end = periods.billing(e.user_id, e.occurred_at)
-            if e.billable_tokens:
-                deltas[(e.user_id, LimitName.TOKENS_PER_MONTH.value, start, end)] += e.billable_tokens
-            d_start, d_end = periods.day(e.occurred_at)
-            deltas[(e.user_id, LimitName.MESSAGES_PER_DAY.value, d_start, d_end)] += 1
-            threads.append((e.user_id, start, e.thread_id))
-            cost = costs[e.event_id]
-            key = (e.user_id, d_start.date(), e.model, e.thread_id)
-            sums = rollups.get(key)
-            if sums is None:
-                rollups[key] = [1, e.input_tokens, e.output_tokens, e.cached_input_tokens, e.billable_tokens,
-                                cost or 0, int(cost is not None)]
-            else:
-                sums[0] += 1
-                sums[1] += e.input_tokens
-                sums[2] += e.output_tokens
-                sums[3] += e.cached_input_tokens
-                sums[4] += e.billable_tokens
-                sums[5] += cost or 0
-                sums[6] += cost is not None
-            period_end[(e.user_id, start)] = end
-            if e.reservation_id:
-                reservations.append(e.reservation_id)
-        for user_id, start in await repo.add_threads(conn, threads):
-            deltas[(user_id, LimitName.THREADS_PER_MONTH.value, start, period_end[(user_id, start)])] += 1
-        counters = await repo.add_to_counters(conn, deltas)
-        await repo.add_to_rollups(conn, rollups)
-        crossed = [c for c in crossings(counters, {u: plan for u, (plan, _) in paid.items()})
-                   if stored_thresholds is None or c[:4] not in stored_thresholds]
-        await repo.add_thresholds(conn, crossed)
-        settled = await repo.settle_reservations(conn, reservations)
-    return Recorded(inserted=len(inserted), duplicates=len(events) - too_old - len(inserted), too_old=too_old,
-                    settled=settled, thresholds=[c[:4] for c in crossed])
+    if not unique:
+        return Recorded(duplicates=len(events) - too_old, too_old=too_old)
+    paid = await repo.paid_periods(conn, sorted({e.user_id for e in unique.values()}))
+    periods = Periods(paid)
+    period_index: dict[Period, int] = {}
+    known = remembered.threads if remembered is not None else set()
+    rows = []
+    threads: dict[str, tuple[str, datetime, str]] = {}
+    for e in sorted(unique.values(), key=lambda e: e.event_id):  # one lock order for concurrent batches
+        period = periods.billing(e.user_id, e.occurred_at)
+        index = period_index.setdefault(period, len(period_index) + 1)  # SQL arrays count from 1
+        thread = (e.user_id, period[0], e.thread_id)
+        threads[e.event_id] = thread
+        cost = prices.cost_micro_usd(e.model, e.occurred_at, e.input_tokens, e.cached_input_tokens, e.output_tokens)
+        rows.append((e.event_id, e.user_id, e.thread_id, e.model, e.input_tokens, e.output_tokens,
+                     e.cached_input_tokens, e.custom_key, e.billable_tokens, e.reservation_id, e.occurred_at, cost,
+                     prices.version if cost is not None else None, index, thread in known))
+    written = await repo.record_batch(conn, rows, list(period_index), {u: plan for u, (plan, _) in paid.items()},
+                                      LIMITS)
+    repeated = set(written.duplicates)
+    return Recorded(inserted=len(unique) - len(repeated), duplicates=len(events) - too_old - len(unique) + len(repeated),
+                    too_old=too_old, settled=written.settled, crossings=written.crossings,
+                    threads={t for event_id, t in threads.items() if event_id not in repeated})

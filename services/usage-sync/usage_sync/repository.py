@@ -1,4 +1,4 @@
-"""All of usage-sync's SQL. Batches go in with `unnest`: one statement per table per batch.
+"""All of usage-sync's SQL. A batch goes in with `unnest`, written by one statement (record_batch).
 
 Usage-sync owns usage_events (the ledger, also the outbox to Polar, partitioned by month of occurred_at),
 usage_event_ids (what deduplicates it), usage_counters, usage_threads, usage_thresholds and the rollups; it settles
@@ -29,112 +29,120 @@ async def paid_periods(conn: asyncpg.Connection, user_ids: Sequence[str]
                            if r["current_period_start"] and r["current_period_end"] else None) for r in rows}
 
 
-async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
-    """Ledger rows (event_id, user_id, thread_id, model, input, output, cached, custom_key, billable,
-    reservation_id, occurred_at, cost_micro_usd, price_version); returns the ids actually inserted (a repeat is not).
-
-    The ledger's own key holds occurred_at (its partition key), so it cannot tell a repeat whose occurred_at differs:
-    usage_event_ids, keyed by the id alone, decides, and only the ids it took get a ledger row."""
-    if not rows:
-        return set()
-    cols = list(zip(*rows, strict=True))
-    inserted = await conn.fetch(
-        """WITH fresh AS (
-               INSERT INTO usage_event_ids (event_id, occurred_at)
-               SELECT * FROM unnest($1::text[], $11::timestamptz[])
-               ON CONFLICT (event_id) DO NOTHING
-               RETURNING event_id)
-           INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens,
-                                     cached_input_tokens, custom_key, billable_tokens, reservation_id, occurred_at,
-                                     cost_micro_usd, price_version)
-           SELECT e.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                  $7::bigint[], $8::bool[], $9::bigint[], $10::text[], $11::timestamptz[],
-                                  $12::bigint[], $13::text[]) AS e(id, u, t, m, i, o, c, k, b, r, at, cost, pv)
-           WHERE e.id IN (SELECT event_id FROM fresh)
-           RETURNING event_id""",
-        *cols,
-    )
-    return {r["event_id"] for r in inserted}
-
-
 _SUMS = ("events", "input_tokens", "output_tokens", "cached_input_tokens", "billable_tokens", "cost_micro_usd",
          "priced_events")
 _ADD = ", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in _SUMS)  # a constant list of our own column names
-_SUMMED = ", ".join(f"sum({c})" for c in _SUMS)
+_ROLLED = "count(*), sum(i), sum(o), sum(c), sum(b), sum(coalesce(cost, 0)), count(cost)"
 
 
-async def add_to_rollups(conn: asyncpg.Connection, sums: dict[tuple[str, date, str, str], list[int]]) -> None:
-    """(user, day, model, thread) += (events, input, output, cached, billable, cost µ$, priced events), and the same
-    into the by-model and by-month rollups, in one statement; in key order so concurrent batches lock rows in the
-    same order."""
-    if not sums:
-        return
-    keys = sorted(sums)
-    columns = list(zip(*(sums[k] for k in keys), strict=True))
-    await conn.execute(
-        f"""WITH added (user_id, day, model, thread_id, {", ".join(_SUMS)}) AS (
-               SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])),
-           fine AS (
-               INSERT INTO usage_rollups AS r SELECT * FROM added
-               ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET {_ADD}),
-           by_model AS (
-               INSERT INTO usage_rollups_by_model AS r
-               SELECT user_id, day, model, {_SUMMED} FROM added GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-               ON CONFLICT (user_id, day, model) DO UPDATE SET {_ADD})
-           INSERT INTO usage_rollups_by_month AS r
-           SELECT user_id, date_trunc('month', day)::date, model, thread_id, {_SUMMED}
-           FROM added GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-           ON CONFLICT (user_id, month, model, thread_id) DO UPDATE SET {_ADD}""",
-        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys], *columns,
-    )
+@dataclass(frozen=True)
+class PlanLimits:
+    """(plan, limit name, limit: 0 for unlimited) of every plan, as the batch statement's threshold check reads them."""
+    rows: list[tuple[str, str, int]]
 
 
-async def add_threads(conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime, str]]) -> list[tuple[str, datetime]]:
-    """Remember (user, period, thread); returns the (user, period) of each thread seen for the first time."""
-    if not rows:
-        return []
-    users, periods, threads = zip(*sorted(set(rows)))
-    new = await conn.fetch(
-        """INSERT INTO usage_threads (user_id, period_start, thread_id)
-           SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[])
-           ON CONFLICT DO NOTHING RETURNING user_id, period_start""",
-        list(users), list(periods), list(threads),
-    )
-    return [(r["user_id"], r["period_start"]) for r in new]
+@dataclass(frozen=True)
+class Written:
+    duplicates: list[str]  # ids already recorded (redelivered or republished): nothing of theirs was written
+    settled: int  # reservations settled
+    crossings: int  # threshold crossings stored for the first time
 
 
-async def add_to_counters(conn: asyncpg.Connection, deltas: dict[tuple[str, str, datetime, datetime], int]
-                          ) -> list[asyncpg.Record]:
-    """used += delta for each (user, limit, period_start, period_end); returns the counters as they now stand.
-    Sorted, so two writers lock rows in the same order and cannot deadlock."""
-    items = sorted((k, v) for k, v in deltas.items() if v)
-    if not items:
-        return []
-    users, limits, starts, ends = zip(*(k for k, _ in items))
-    return await conn.fetch(
-        """INSERT INTO usage_counters (user_id, limit_name, period_start, period_end, used)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
-           ON CONFLICT (user_id, limit_name, period_start)
-           DO UPDATE SET used = usage_counters.used + EXCLUDED.used, updated_at = now()
-           RETURNING user_id, limit_name, period_start, period_end, used""",
-        list(users), list(limits), list(starts), list(ends), [v for _, v in items],
-    )
+# One statement for the whole batch. Its parts run on one snapshot, so each reads what an earlier part wrote only
+# through RETURNING: `fresh` (the ids the dedup table took) decides which events are new; only new events reach the
+# ledger, the counters, the rollups and the threads, and only threads that are new to the table add to
+# threads_per_month. Every upsert takes its rows in key order, so two batches at once lock rows in the same order.
+# Messages count in the event's UTC day (shared/periods.day_of); tokens and threads in the billing period passed
+# (p, an index into the period arrays $16/$17).
+_RECORD_BATCH = f"""
+WITH batch AS (
+    SELECT e.*, ($16::timestamptz[])[e.p] AS period_start, ($17::timestamptz[])[e.p] AS period_end,
+           (e.at AT TIME ZONE 'UTC')::date AS day
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bool[],
+                $9::bigint[], $10::text[], $11::timestamptz[], $12::bigint[], $13::text[], $14::int[], $15::bool[])
+         AS e(id, u, t, m, i, o, c, k, b, r, at, cost, pv, p, known)),
+fresh AS (
+    INSERT INTO usage_event_ids (event_id, occurred_at) SELECT id, at FROM batch
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id),
+new AS (
+    SELECT batch.* FROM batch JOIN fresh ON fresh.event_id = batch.id),
+ledger AS (
+    INSERT INTO usage_events (event_id, user_id, thread_id, model, input_tokens, output_tokens, cached_input_tokens,
+                              custom_key, billable_tokens, reservation_id, occurred_at, cost_micro_usd, price_version)
+    SELECT id, u, t, m, i, o, c, k, b, r, at, cost, pv FROM new ORDER BY id),
+threads AS (
+    INSERT INTO usage_threads (user_id, period_start, thread_id)
+    SELECT DISTINCT u, period_start, t FROM new WHERE NOT known ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING
+    RETURNING user_id, period_start),
+deltas AS (
+    SELECT u, 'tokens_per_month' AS name, period_start AS s, period_end AS e, sum(b) AS v
+    FROM new WHERE b > 0 GROUP BY 1, 3, 4
+    UNION ALL
+    SELECT u, 'messages_per_day', day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC', count(*)
+    FROM new GROUP BY 1, day
+    UNION ALL
+    SELECT threads.user_id, 'threads_per_month', threads.period_start, periods.period_end, count(*)
+    FROM threads JOIN (SELECT DISTINCT u, period_start, period_end FROM new) periods
+         ON periods.u = threads.user_id AND periods.period_start = threads.period_start
+    GROUP BY 1, 3, 4),
+counted AS (
+    INSERT INTO usage_counters AS uc (user_id, limit_name, period_start, period_end, used)
+    SELECT u, name, s, e, sum(v) FROM deltas GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3
+    ON CONFLICT (user_id, limit_name, period_start)
+    DO UPDATE SET used = uc.used + EXCLUDED.used, updated_at = now()
+    RETURNING user_id, limit_name, period_start, period_end, used),
+plans AS (
+    SELECT * FROM unnest($18::text[], $19::text[]) AS p(u, plan)),
+limits AS (
+    SELECT * FROM unnest($20::text[], $21::text[], $22::bigint[]) AS l(plan, name, value) WHERE value > 0),
+crossed AS (
+    INSERT INTO usage_thresholds (user_id, limit_name, period_start, percent, used, limit_value, resets_at)
+    SELECT counted.user_id, counted.limit_name, counted.period_start, pct, counted.used, limits.value,
+           counted.period_end
+    FROM counted
+    LEFT JOIN plans ON plans.u = counted.user_id
+    JOIN limits ON limits.plan = coalesce(plans.plan, 'free') AND limits.name = counted.limit_name
+    CROSS JOIN (VALUES (80), (100)) AS thresholds(pct)
+    WHERE counted.used * 100 >= pct * limits.value
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING
+    RETURNING 1),
+fine AS (
+    INSERT INTO usage_rollups AS r
+    SELECT u, day, m, t, {_ROLLED} FROM new GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (user_id, day, model, thread_id) DO UPDATE SET {_ADD}),
+by_model AS (
+    INSERT INTO usage_rollups_by_model AS r
+    SELECT u, day, m, {_ROLLED} FROM new GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (user_id, day, model) DO UPDATE SET {_ADD}),
+by_month AS (
+    INSERT INTO usage_rollups_by_month AS r
+    SELECT u, date_trunc('month', day)::date, m, t, {_ROLLED} FROM new GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (user_id, month, model, thread_id) DO UPDATE SET {_ADD}),
+settled AS (
+    UPDATE usage_reservations SET settled_at = now()
+    WHERE id IN (SELECT r FROM new WHERE r IS NOT NULL) AND settled_at IS NULL AND released_at IS NULL
+    RETURNING 1)
+SELECT ARRAY(SELECT id FROM batch WHERE id NOT IN (SELECT event_id FROM fresh)) AS duplicates,
+       (SELECT count(*) FROM settled) AS settled, (SELECT count(*) FROM crossed) AS crossings"""
 
 
-async def add_thresholds(conn: asyncpg.Connection, rows: Sequence[tuple]) -> int:
-    """(user, limit, period_start, percent, used, limit_value, resets_at): the first crossing of each is kept."""
-    if not rows:
-        return 0
-    cols = list(zip(*rows))
-    result = await conn.fetch(
-        """INSERT INTO usage_thresholds (user_id, limit_name, period_start, percent, used, limit_value, resets_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::bigint[], $6::bigint[],
-                                $7::timestamptz[])
-           ON CONFLICT DO NOTHING RETURNING percent""",
-        *cols,
-    )
-    return len(result)
+async def record_batch(conn: asyncpg.Connection, rows: Sequence[tuple], periods: Sequence[Period],
+                       plans: dict[str, str], limits: PlanLimits) -> Written:
+    """rows: (event_id, user_id, thread_id, model, input, output, cached, custom_key, billable, reservation_id,
+    occurred_at, cost_micro_usd, price_version, period (1-based index into `periods`), thread already stored), one
+    per distinct event id, sorted by id. `plans`: the plan of each paid user (others are on Free).
+
+    The ledger's own key holds occurred_at (its partition key), so it cannot tell a repeat whose occurred_at differs:
+    usage_event_ids, keyed by the id alone, decides."""
+    cols = list(zip(*rows, strict=True))
+    users = sorted(plans)
+    row = await conn.fetchrow(
+        _RECORD_BATCH, *cols, [p[0] for p in periods], [p[1] for p in periods],
+        users, [plans[u] for u in users], *(list(c) for c in zip(*limits.rows, strict=True)))
+    return Written(duplicates=row["duplicates"], settled=row["settled"], crossings=row["crossings"])
 
 
 async def take_unpublished_thresholds(conn: asyncpg.Connection, limit: int = 200) -> list[asyncpg.Record]:
@@ -151,17 +159,6 @@ async def mark_thresholds_published(conn: asyncpg.Connection, rows: Sequence[asy
         [r["user_id"] for r in rows], [r["limit_name"] for r in rows], [r["period_start"] for r in rows],
         [r["percent"] for r in rows],
     )
-
-
-async def settle_reservations(conn: asyncpg.Connection, reservation_ids: Sequence[str]) -> int:
-    if not reservation_ids:
-        return 0
-    result = await conn.execute(
-        "UPDATE usage_reservations SET settled_at = now() WHERE id = ANY($1::text[]) "
-        "AND settled_at IS NULL AND released_at IS NULL",
-        list(reservation_ids),
-    )
-    return int(result.split()[-1])
 
 
 # --- the outbox to Polar --------------------------------------------------------------------------------------

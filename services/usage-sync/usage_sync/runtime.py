@@ -11,6 +11,7 @@ from shared.polar_budget import Budget
 from shared.prices import PriceCatalog
 from shared.runtime import Connections, Runtime
 
+from .ledger import Remembered
 from .settings import UsageSyncSettings
 
 POLAR_TIMEOUT = 30.0  # an ingest batch of up to 5 MiB
@@ -21,9 +22,8 @@ class UsageSyncRuntime(Runtime[UsageSyncSettings]):
     polar: PolarAsync | None  # None: POLAR_ACCESS_TOKEN unset; usage is recorded and kept unsynced
     prices: PriceCatalog  # what each event cost, at list price
     budget: Budget  # the deployment's one Polar request budget
-    # Threshold crossings this process saw committed, so a user past 80 % is not re-sent with every batch
-    # (the table's key is what keeps each once; this set only saves work, and is emptied when it grows).
-    stored_thresholds: set[tuple] = field(default_factory=set)
+    # Threads this process saw committed, so a thread already counted is not sent again with every batch.
+    remembered: Remembered = field(default_factory=Remembered)
 
 
 def build(settings: UsageSyncSettings) -> Callable[[Connections], Awaitable[UsageSyncRuntime]]:

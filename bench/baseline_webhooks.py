@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 
 from shared import topology
 
-CONCURRENCY = 8  # as billing's @consumes
+CONCURRENCY = 32  # as billing's @consumes (handlers.on_webhook)
 LOWEST = datetime.min.replace(tzinfo=UTC)  # a customer row made from a nested reference, as billing writes it
 
 

@@ -49,6 +49,18 @@ def test_the_examples_do_carry_addresses_and_tax_ids_to_redact() -> None:
     assert _unredacted(example("order.paid")) and _unredacted(example("customer.created"))
 
 
+
+async def test_redacted_keys_are_found_however_the_body_spells_them(db: asyncpg.Connection) -> None:
+    """Redaction happens as the body is parsed: a key written with a JSON escape is the same key."""
+    payload = example("subscription.updated")
+    body = body_of(payload).decode()[:-1] + ', "customer_tax_i\\u0064": ["FR123", "eu_vat"]}'
+    outcome = await apply_webhook(db, CATALOG, Webhook.parse("wh-spelling", body.encode()))
+    assert outcome.status == "applied"
+    stored = (await one(db, "SELECT payload FROM webhook_log"))["payload"]
+    assert stored["customer_tax_id"] == "[redacted]" and _unredacted(stored) == []
+    assert stored["data"]["customer"]["billing_address"] == "[redacted]"
+
+
 EXPECTED: dict[str, tuple[str, dict[str, Any]]] = {
     "checkout.created": ("SELECT * FROM checkouts", {"user_id": "usr_1337", "status": "open"}),
     "checkout.updated": ("SELECT * FROM checkouts", {"user_id": "usr_1337", "status": "succeeded"}),

@@ -32,7 +32,6 @@ from .polar_models import (
     Webhook,
     int64,
     our_user_id,
-    redact,
 )
 from .repository import CheckoutRow, CustomerRow, MeterCreditRow, OrderRow, SubscriptionRow
 
@@ -234,7 +233,7 @@ async def apply_webhook(conn: asyncpg.Connection, catalog: PlanCatalog, webhook:
     """Log + apply in one transaction. A webhook already applied is a no-op (`duplicate`)."""
     env = webhook.envelope
     async with conn.transaction():
-        if not await repo.claim_webhook(conn, webhook.id, env.type, env.timestamp, redact(webhook.raw),
+        if not await repo.claim_webhook(conn, webhook.id, env.type, env.timestamp, webhook.stored_payload(),
                                         replay=replay):
             return Outcome("duplicate")
         apply = APPLY.get(env.type)

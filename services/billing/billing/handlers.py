@@ -13,7 +13,7 @@ from shared.messaging.consume import consumes
 
 from . import repository as repo
 from .apply_webhook import apply_webhook
-from .polar_models import Webhook, event_type_of, redact
+from .polar_models import Webhook, event_type_of
 from .runtime import BillingRuntime
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ async def mark_failed(msg: Msg, reason: str, rt: BillingRuntime) -> None:
     attempts = msg.metadata.num_delivered or 1
     try:
         webhook = Webhook.from_msg(msg)
-        webhook_id, event_type, payload = webhook.id, webhook.type, redact(webhook.raw)
+        webhook_id, event_type, payload = webhook.id, webhook.type, webhook.stored_payload()
     except Exception:  # noqa: BLE001 - an unparseable body is still logged (the dead-letter store keeps its bytes)
         headers = msg.headers or {}
         webhook_id = headers.get("webhook-id") or headers.get("Nats-Msg-Id", "")

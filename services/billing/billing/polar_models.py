@@ -72,11 +72,13 @@ class Envelope(_Tolerant):
 
 @dataclass(frozen=True)
 class Webhook:
-    """A stored webhook as billing takes it: its id (Polar's `webhook-id`), the body, and the envelope."""
+    """A stored webhook as billing takes it: its id (Polar's `webhook-id`), the body (redacted as it was parsed:
+    nothing billing applies reads those fields), and the envelope."""
 
     id: str
     raw: dict[str, Any]
     envelope: Envelope
+    may_hold_nul: bool = True  # False: the body's text has no escape that could spell U+0000
 
     @property
     def type(self) -> str:
@@ -84,20 +86,25 @@ class Webhook:
 
     @property
     def had_nul(self) -> bool:
-        return _has_nul(self.raw)
+        return self.may_hold_nul and _has_nul(self.raw)
+
+    def stored_payload(self) -> Any:
+        """What the webhook log keeps: the redacted body, with any U+0000 replaced (PostgreSQL cannot hold it)."""
+        return without_nul(self.raw) if self.may_hold_nul else self.raw
 
     @classmethod
     def parse(cls, webhook_id: str, body: bytes | str | dict[str, Any]) -> Webhook:
         """Raises `Invalid` (dead-lettered at once) when the body is not a webhook envelope."""
         try:
-            raw = body if isinstance(body, dict) else json.loads(body)
+            raw = redact(body) if isinstance(body, dict) else json.loads(body, object_hook=_redacted)
         except (ValueError, UnicodeDecodeError) as exc:
             raise Invalid("body is not JSON") from exc
         if not isinstance(raw, dict):
             raise Invalid("body is not a JSON object")
+        nul = _may_hold_nul(body)
         try:
             # The rows get text without U+0000 (PostgreSQL cannot hold it); the log row says so (apply_webhook).
-            return cls(webhook_id, raw, Envelope.model_validate(without_nul(raw)))
+            return cls(webhook_id, raw, Envelope.model_validate(without_nul(raw) if nul else raw), nul)
         except ValidationError as exc:
             raise Invalid(f"envelope: {exc.errors(include_url=False, include_input=False)}") from exc
 
@@ -210,6 +217,7 @@ class CustomerState(Customer):
 # Fields never stored: Polar's payloads carry them, our webhook log must not (CONVENTIONS: Database).
 REDACTED_KEYS = frozenset({"billing_address", "tax_id", "customer_billing_address", "customer_tax_id",
                            "customer_ip_address", "customer_portal_url", "client_secret"})
+_NUL_ESCAPE = "\\u0000"  # how JSON text writes U+0000 (a raw one is not valid JSON)
 
 
 def redact(value: Any) -> Any:
@@ -223,6 +231,25 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return _text(value)
     return value
+
+
+def _may_hold_nul(body: bytes | str | dict[str, Any]) -> bool:
+    """JSON text can only write U+0000 as an escape: a UTF-8 body without one holds none."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode()
+        except UnicodeDecodeError:  # another encoding json.loads accepts: look the slow way
+            return True
+    return not isinstance(body, str) or _NUL_ESCAPE in body
+
+
+def _redacted(obj: dict[str, Any]) -> dict[str, Any]:
+    """redact, one JSON object at a time as json.loads builds it (object_hook): no second walk or copy."""
+    if not REDACTED_KEYS.isdisjoint(obj):
+        for k in REDACTED_KEYS.intersection(obj):
+            if obj[k] is not None:
+                obj[k] = "[redacted]"
+    return obj
 
 
 def _has_nul(value: Any) -> bool:

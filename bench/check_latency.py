@@ -1,6 +1,7 @@
 """`check` through the shipped client at 1, 8 and 32 concurrent callers, beside the raw baseline (a bare nats-py
 responder doing one asyncpg point read) in the same run, and the same check over HTTP through ingress's /v1/check
-(aiohttp, a kept-alive connection per caller): requests/s, p50, p99."""
+(aiohttp, a kept-alive connection per caller): requests/s, p50, p99. Then 32 callers against one billing instance
+and two (billing.rpc.* is a queue group), beside one and two baseline responders."""
 from __future__ import annotations
 
 import asyncio
@@ -103,6 +104,31 @@ async def measure(nats_url: str, ingress_url: str) -> dict:
     return out
 
 
+async def measure_saturated(nats_url: str, concurrency: int = 32) -> dict[str, dict]:
+    """check and the baseline at `concurrency` callers, alternating over ROUNDS: the median round of each."""
+    client = await BillingClient.connect(nats_url)
+    nc = await nats.connect(topology.servers(nats_url))
+
+    async def ours(user: str) -> None:
+        await client.check(user, model="gpt-3.5-turbo", thread_id="t1")
+
+    async def raw(user: str) -> None:
+        await nc.request("bench.check", json.dumps({"user_id": user}).encode(), timeout=5)
+
+    targets = {"baseline": raw, "check": ours}
+    rounds: dict[str, list[dict]] = {name: [] for name in targets}
+    for call in targets.values():
+        await drive(call, concurrency)
+    for _ in range(ROUNDS):
+        for name, call in targets.items():
+            rounds[name].append(await drive(call, concurrency))
+    await client.close()
+    await nc.close()
+    return {name: {**sorted(runs, key=lambda r: r["rps"])[len(runs) // 2],
+                   "rps_spread": [min(r["rps"] for r in runs), max(r["rps"] for r in runs)]}
+            for name, runs in rounds.items()}
+
+
 def main() -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-check-"))
     srv, pg = EmbeddedNats(tmp / "nats", sync_always=False), EmbeddedPostgres(tmp / "pg", durable=True)
@@ -120,6 +146,17 @@ def main() -> dict:
                  subprocess.Popen([sys.executable, "-m", "ingress"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)]
         time.sleep(3)
         out = asyncio.run(measure(nats_url, f"http://127.0.0.1:{ingress_port}"))
+        # Two billing instances (billing.rpc.* is one queue group), beside two baseline responders (one queue group).
+        one = asyncio.run(measure_saturated(nats_url))
+        procs += [subprocess.Popen([sys.executable, "-m", "bench.baseline_check"], cwd=ROOT, env=env),
+                  subprocess.Popen([sys.executable, "-m", "billing"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   env={**env, "BILLING_HTTP_PORT": str(free_port())})]
+        time.sleep(3)
+        two = asyncio.run(measure_saturated(nats_url))
+        out["instances"] = [{"instances": 1, **{f"{k}_rps": v["rps"] for k, v in one.items()},
+                             **{f"{k}_p99_ms": v["p99_ms"] for k, v in one.items()}},
+                            {"instances": 2, **{f"{k}_rps": v["rps"] for k, v in two.items()},
+                             **{f"{k}_p99_ms": v["p99_ms"] for k, v in two.items()}}]
     finally:
         for p in procs:
             p.terminate()
@@ -132,13 +169,16 @@ def main() -> dict:
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / f"check-{int(time.time())}.json").write_text(json.dumps(result, indent=2))
     print(f"{'target':<10} {'conc':>4} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8}  spread over {ROUNDS} rounds (rps; p99)")
-    for name in out:
+    for name in ("baseline", "check", "check_http"):
         for r in out[name]:
             print(f"{name:<10} {r['concurrency']:>4} {r['rps']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8}  "
                   f"{r['rps_spread'][0]}-{r['rps_spread'][1]}; {r['p99_spread'][0]}-{r['p99_spread'][1]}")
     p99 = out["check"][0]["p99_ms"], out["baseline"][0]["p99_ms"]
     print(f"one caller: check p99 {p99[0]} ms = {p99[0] / p99[1]:.2f}x the baseline's {p99[1]} ms")
     print(f"check / baseline saturated throughput: {result['ratio_saturated']}x")
+    for r in out["instances"]:
+        print(f"{r['instances']} billing instance(s), 32 callers: check {r['check_rps']}/s (p99 {r['check_p99_ms']} ms), "
+              f"baseline with as many responders {r['baseline_rps']}/s (p99 {r['baseline_p99_ms']} ms)")
     return result
 
 

@@ -33,6 +33,15 @@ async def get_dead_letter(conn: asyncpg.Connection, dead_letter_id: int) -> asyn
     return await conn.fetchrow("SELECT * FROM dead_letters WHERE id = $1", dead_letter_id)
 
 
+async def prune_dead_letters(conn: asyncpg.Connection, before: datetime, limit: int) -> int:
+    """Up to `limit` dead letters stored before `before` (oldest first); returns how many went."""
+    result = await conn.execute(
+        """DELETE FROM dead_letters WHERE id = ANY(ARRAY(
+               SELECT id FROM dead_letters WHERE created_at < $1 ORDER BY created_at LIMIT $2))""",
+        before, limit)
+    return int(result.split()[-1])
+
+
 
 # --- the Polar request budget (shared/polar_budget.py) -------------------------------------------------------------
 async def take_polar_request(conn: asyncpg.Connection, window_seconds: float, priority: str, own_cap: int,

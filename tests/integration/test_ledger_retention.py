@@ -116,9 +116,16 @@ async def test_fifteen_months_with_twelve_kept_drops_three_months_and_keeps_limi
     old_crossings = await db.fetchval("SELECT count(*) FROM usage_thresholds WHERE period_start < '2025-04-01'")
     assert old_crossings >= 4  # HEAVY crossed 80 % and 100 % in January, February and March 2025
 
+    for stored in (CUT - timedelta(days=1), CUT + timedelta(days=1)):
+        await db.execute("INSERT INTO dead_letters (source, subject, reason, created_at) "
+                         "VALUES ('usage-sync', 'usage.event.u', 'too old', $1)", stored)
+
     done = await retention.run_once(db, NOW, RETENTION_DAYS)
 
     assert done is not None and done.cut == CUT
+    assert [r["created_at"] for r in await db.fetch("SELECT created_at FROM dead_letters")] == [
+        CUT + timedelta(days=1)]
+    assert done.pruned["dead_letters"] == 1
     dropped = ["usage_events_p202501", "usage_events_p202502", "usage_events_p202503"]
     assert done.dropped == [date(2025, 1, 1), date(2025, 2, 1), date(2025, 3, 1)]
     attached = await attached_months(db)

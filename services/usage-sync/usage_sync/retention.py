@@ -7,8 +7,9 @@
   for it), its ids are removed from usage_event_ids, and it is dropped. A run that stops half way leaves a detach
   pending or a detached month; the next run finishes it.
 - Counters of periods that ended at or before the cut go, with their threads and threshold crossings; reservations
-  that expired before it; rollups of the days and months before it. Dead letters are not pruned here: they are
-  shared's table, written by every consumer.
+  that expired before it; rollups of the days and months before it; dead letters stored before it, whichever
+  consumer wrote them (a usage event that old would be refused again, a webhook that old lose to what came since,
+  and a flood of refused replays must not grow the store without end).
 - With several usage-sync processes one runs it at a time (an advisory lock); the others skip it that day.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from functools import partial
 
 import asyncpg
 from prometheus_client import Counter, Gauge
+
+from shared.db import repository as shared_repo
 
 from . import repository as repo
 from .runtime import UsageSyncRuntime
@@ -101,6 +104,7 @@ async def _run(conn: asyncpg.Connection, now: datetime, cut: datetime) -> Mainta
 
     done.pruned["usage_counters"] = await _all(partial(repo.prune_periods, conn, cut, CHUNK))
     done.pruned["usage_reservations"] = await _all(partial(repo.prune_reservations, conn, cut, CHUNK))
+    done.pruned["dead_letters"] = await _all(partial(shared_repo.prune_dead_letters, conn, cut, CHUNK))
     # Days (months) that ended at or before the cut; the day (month) the cut falls in stays whole.
     before_day = cut.astimezone(UTC).date()
     for table, column in repo.ROLLUPS.items():

@@ -241,6 +241,16 @@ def test_the_alert_expressions_on_synthetic_series(tmp_path: Path) -> None:
         {"input_series": [*up, _series("billing_meter_drifts_total", BILLING, "0x10 1x30")],
          "alert_rule_test": [_fires("PolarMeterDrift", "5m"), _fires("PolarMeterDrift", "20m", {"job": "billing",
                                                                                                  **warn})]},
+        # The ledger's daily run last completed 3 days ago (a gauge of its time); one completed an hour ago is quiet.
+        {"input_series": [*up, _series("usage_retention_last_run_timestamp_seconds", US, "-259200x120")],
+         "alert_rule_test": [_fires("UsageLedgerMaintenanceStale", "30m"),
+                             _fires("UsageLedgerMaintenanceStale", "90m", {"job": "usage-sync", **warn})]},
+        {"input_series": [*up, _series("usage_retention_last_run_timestamp_seconds", US, "-3600+60x120")],
+         "alert_rule_test": [_fires("UsageLedgerMaintenanceStale", "90m")]},
+        # Unsynced events dropped with their month.
+        {"input_series": [*up, _series("usage_ledger_dropped_unsynced_total", US, "0x10 4x30")],
+         "alert_rule_test": [_fires("UsageLedgerDroppedUnsynced", "5m"),
+                             _fires("UsageLedgerDroppedUnsynced", "20m", {"job": "usage-sync", **warn})]},
         # A service whose /metrics stops answering: down after 2 minutes.
         {"input_series": [_series("up", US, "1x5 0x10"), _series("up", BILLING, "1x15")],
          "alert_rule_test": [_fires("ServiceDown", "6m"), _fires("ServiceDown", "7m"),

@@ -299,6 +299,22 @@ class EmbeddedPostgres:
         self._wait_ready(bins)
         return self.url
 
+    def replica(self, data_dir: Path, port: int | None = None) -> EmbeddedPostgres:
+        """A streaming replica of this running server, not yet started: a base backup (pg_basebackup -R), so it
+        starts as a hot standby following this one. Reads only; for the read pool billing's checks can use."""
+        replica = EmbeddedPostgres(data_dir, port, durable=self.durable)
+        replica.pgdata.mkdir(parents=True, exist_ok=True)
+        replica._prepare_user()
+        replica.pgdata.chmod(0o700)  # PostgreSQL refuses a data directory others can read
+        args = [str(self.bin_dir() / "pg_basebackup"), "-h", HOST, "-p", str(self.port), "-U", "postgres",
+                "-D", str(replica.pgdata), "-R", "-X", "stream", "-c", "fast"]
+        if not self.durable:
+            args.append("--no-sync")
+        res = subprocess.run(args, capture_output=True, text=True, check=False, **replica._run_as())
+        if res.returncode != 0:
+            raise EmbeddedError(f"pg_basebackup failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+        return replica
+
     def _wait_ready(self, bins: Path, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,11 +17,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     left open. Its default reset is one more round trip on every request (measured: bench/check_latency.py)."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "service") -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "service",
+                      connect_timeout: float = 60) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        timeout=connect_timeout,
         init=_init_connection,
         reset=_keep_session,
         server_settings={"application_name": name, "timezone": "UTC"},

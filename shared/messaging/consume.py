@@ -4,7 +4,7 @@
     async def on_webhook(webhook: Webhook, rt: BillingRuntime) -> None: ...          # up to 8 messages at once
 
     @consumes_batches(topology.USAGE_SYNC, parse=parse_usage)
-    async def on_usage(events: list[UsageEvent], rt: UsageSyncRuntime) -> None: ...  # one transaction per batch
+    async def on_usage(events: list[UsageEvent], rt: UsageSyncRuntime) -> None: ...  # one call per batch
 
 - Parsing happens here, at the edge: `parse` turns a message into the handler's model or raises `Invalid(reason)`,
   and an invalid message is dead-lettered at once. The handler sees typed values only.

@@ -11,6 +11,9 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** How long trackUsage waits for the broker's (or ingress's) confirmation (ms): 5000. */
   publishTimeoutMs?: number;
+  /** NATS: how long trackUsage retries a publish that got no confirmation, with the same event id, before it throws
+   * BillingUnavailable (ms): 15000, longer than a cluster's leader election; never less than publishTimeoutMs. */
+  publishRetryForMs?: number;
   /** What check and reserve decide when billing does not answer: "raise" (the default), "allow", "deny", or an
    * Unavailable policy (last-known answers, per-reason overrides). */
   onUnavailable?: Policy;
@@ -68,13 +71,16 @@ export class BillingClient {
   }
 
   /** Publish one usage event; resolves once it is stored. Throws BillingError (invalid_request) for a bad event and
-   * BillingUnavailable when it was not confirmed: retry with the same eventId, a duplicate is stored once. */
+   * BillingUnavailable when it was not confirmed within publishRetryForMs (over NATS it retries until then through a
+   * server loss or a leader election): retry with the same eventId, a duplicate is stored once. */
   async trackUsage(usage: t.UsageEvent): Promise<t.TrackedUsage> {
     const event = t.toWire<wire.UsageEvent>({
       ...usage, eventId: usage.eventId ?? newEventId(), occurredAt: usage.occurredAt ?? new Date(),
     });
     validate(event);
-    const { duplicate } = await this.transport.publishUsage(event, this.options.publishTimeoutMs ?? 5000);
+    const timeoutMs = this.options.publishTimeoutMs ?? 5000;
+    const retryForMs = Math.max(this.options.publishRetryForMs ?? 15_000, timeoutMs);
+    const { duplicate } = await this.transport.publishUsage(event, timeoutMs, retryForMs);
     return { eventId: event.event_id, duplicate };
   }
 

@@ -9,6 +9,7 @@ import uuid
 from datetime import date, timedelta
 from typing import Any
 
+import asyncpg
 from polar.v2026_10 import PolarAsync
 from polar_billing_client.contracts import (
     CheckoutRequest,
@@ -50,9 +51,8 @@ INTERACTIVE_WAIT = 5.0  # seconds a link request may wait for the Polar budget b
 @endpoint("check", CheckRequest)
 async def check(req: CheckRequest, rt: BillingRuntime) -> CheckReply:
     now = rt.now()
-    async with rt.pool.acquire() as conn:
-        state = UserState.from_row(await repo.user_state(conn, req.user_id, now, req.thread_id))
-    return evaluate(state, req, rt.catalog, now).reply
+    row = await rt.reads.run(lambda conn: repo.user_state(conn, req.user_id, now, req.thread_id))
+    return evaluate(UserState.from_row(row), req, rt.catalog, now).reply
 
 
 @endpoint("reserve", ReserveRequest)
@@ -80,10 +80,12 @@ async def release(req: ReleaseRequest, rt: BillingRuntime) -> ReleaseReply:
 @endpoint("status", StatusRequest)
 async def status(req: StatusRequest, rt: BillingRuntime) -> StatusReply:
     now = rt.now()
-    async with rt.pool.acquire() as conn:
-        state = UserState.from_row(await repo.user_state(conn, req.user_id, now, None))
-        customer_id = await repo.customer_id_of(conn, req.user_id)
-        granted = await repo.credits_granted(conn, req.user_id)
+
+    async def read(conn: asyncpg.Connection) -> tuple[UserState, str | None, int]:
+        return (UserState.from_row(await repo.user_state(conn, req.user_id, now, None)),
+                await repo.customer_id_of(conn, req.user_id), await repo.credits_granted(conn, req.user_id))
+
+    state, customer_id, granted = await rt.reads.run(read)
     ev = evaluate(state, CheckRequest(user_id=req.user_id), rt.catalog, now)
     sub = state.sub  # shown even when it no longer entitles (a canceled one still says when it ended)
     tokens = ev.reply.limits[LimitName.TOKENS_PER_MONTH.value].used
@@ -122,7 +124,7 @@ NO_SUMS = UsageSums(events=0, input_tokens=0, output_tokens=0, cached_input_toke
 @endpoint("usage", UsageQuery)
 async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport:
     """From usage-sync's daily rollups, never the ledger: a year of history is a few thousand rows at most."""
-    async with rt.pool.acquire() as conn:
+    async def read(conn: asyncpg.Connection) -> UsageReport:
         period: Period | None = None
         if req.from_ is None or req.to is None:  # only a default needs the user's billing period
             now = rt.now()
@@ -138,7 +140,9 @@ async def usage(req: UsageQuery, rt: BillingRuntime) -> UsageReport:
             return PrebuiltUsageReport.of(start, end, await repo.usage_report_json(conn, req.user_id, start, end,
                                                                                   **dims))
         rows = await repo.usage_sums(conn, req.user_id, start, end, **dims)
-    return analytics.report(rows, start, end, req.group_by, req.limit)  # top N + "other": folded here
+        return analytics.report(rows, start, end, req.group_by, req.limit)  # top N + "other": folded here
+
+    return await rt.reads.run(read)
 
 
 # --- links through Polar --------------------------------------------------------------------------------------

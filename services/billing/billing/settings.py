@@ -14,6 +14,18 @@ class BillingSettings(ServiceSettings, PolarSettings):
     # Our webhook endpoint at Polar, to re-enable and redeliver from; unset: the one whose URL is
     # PUBLIC_BASE_URL + /webhooks/polar.
     polar_webhook_endpoint_id: str | None = None
+    # A streaming replica for the reads of check, status and usage (reserve and every write stay on DATABASE_URL);
+    # unset: they read the primary. While the replica cannot be reached they read the primary.
+    database_read_url: str | None = None
+
+    @field_validator("database_read_url", mode="before")
+    @classmethod
+    def _read_url(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        if isinstance(v, str) and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
 
     @field_validator("polar_webhook_endpoint_id", mode="before")
     @classmethod

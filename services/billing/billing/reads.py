@@ -1,0 +1,62 @@
+"""Where check, status and usage read: a streaming replica when DATABASE_READ_URL is set, else the primary.
+
+A check tolerates the replica's milliseconds of lag (usage itself arrives asynchronously); reserve, release and every
+write stay on the primary, where the user's lock is. While the replica cannot be reached (down, restarting, or a
+query cancelled by a conflict with its recovery) reads go to the primary, and the replica is tried again after a
+pause: a chat user's check never fails because of it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from prometheus_client import Counter
+
+from shared.db import create_pool
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POOL_SIZE = 10
+CONNECT_TIMEOUT = 2.0  # a replica that does not answer must not hold a check for asyncpg's default 60 s
+RETRY_AFTER = 5.0  # seconds the primary takes the reads after the replica failed
+UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.CannotConnectNowError, asyncpg.SerializationError)
+ON_PRIMARY = Counter("billing_replica_reads_on_primary_total",
+                     "Reads meant for the replica (DATABASE_READ_URL) that the primary answered instead")
+
+
+class Reads:
+    def __init__(self, primary: asyncpg.Pool, replica: asyncpg.Pool | None = None) -> None:
+        self.primary = primary
+        self.replica = replica
+        self._replica_down_until = 0.0
+
+    @classmethod
+    async def open(cls, primary: asyncpg.Pool, read_url: str | None) -> Reads:
+        # min_size=0: a replica that is down when billing starts does not stop it from starting.
+        replica = await create_pool(read_url, min_size=0, max_size=POOL_SIZE, name="billing-reads",
+                                    connect_timeout=CONNECT_TIMEOUT) if read_url else None
+        return cls(primary, replica)
+
+    async def run(self, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`read` on a replica connection, or on the primary's (it may run twice: it must only read)."""
+        if self.replica is not None and time.monotonic() >= self._replica_down_until:
+            try:
+                async with self.replica.acquire() as conn:
+                    return await read(conn)
+            except UNREACHABLE as exc:
+                self._replica_down_until = time.monotonic() + RETRY_AFTER
+                log.warning("reads.replica_unavailable", extra={"error": type(exc).__name__,
+                                                                "retry_in_s": RETRY_AFTER})
+        if self.replica is not None:
+            ON_PRIMARY.inc()
+        async with self.primary.acquire() as conn:
+            return await read(conn)
+
+    async def close(self) -> None:
+        if self.replica is not None:
+            await self.replica.close()

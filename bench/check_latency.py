@@ -1,7 +1,8 @@
 """`check` through the shipped client at 1, 8 and 32 concurrent callers, beside the raw baseline (a bare nats-py
 responder doing one asyncpg point read) in the same run, and the same check over HTTP through ingress's /v1/check
 (aiohttp, a kept-alive connection per caller): requests/s, p50, p99. Then 32 callers against one billing instance
-and two (billing.rpc.* is a queue group), beside one and two baseline responders."""
+and two (billing.rpc.* is a queue group), beside one and two baseline responders: checks, and reserve + release
+pairs (a chat response's cost with reservations)."""
 from __future__ import annotations
 
 import asyncio
@@ -115,7 +116,12 @@ async def measure_saturated(nats_url: str, concurrency: int = 32) -> dict[str, d
     async def raw(user: str) -> None:
         await nc.request("bench.check", json.dumps({"user_id": user}).encode(), timeout=5)
 
-    targets = {"baseline": raw, "check": ours}
+    async def hold(user: str) -> None:  # what a chat response costs with reservations: reserve, then release
+        held = await client.reserve(user, estimated_tokens=100)
+        assert held.reservation_id, held
+        await client.release(held.reservation_id)
+
+    targets = {"baseline": raw, "check": ours, "reserve_release": hold}
     rounds: dict[str, list[dict]] = {name: [] for name in targets}
     for call in targets.values():
         await drive(call, concurrency)
@@ -178,6 +184,7 @@ def main() -> dict:
     print(f"check / baseline saturated throughput: {result['ratio_saturated']}x")
     for r in out["instances"]:
         print(f"{r['instances']} billing instance(s), 32 callers: check {r['check_rps']}/s (p99 {r['check_p99_ms']} ms), "
+              f"reserve + release {r['reserve_release_rps']} pairs/s (p99 {r['reserve_release_p99_ms']} ms), "
               f"baseline with as many responders {r['baseline_rps']}/s (p99 {r['baseline_p99_ms']} ms)")
     return result
 

@@ -1,9 +1,11 @@
 """DATABASE_READ_URL: billing's check, status and usage read a real streaming replica (pg_basebackup of an embedded
-PostgreSQL), reserve reads the primary, and a replica that goes away costs no check its answer.
+PostgreSQL), reserve reads the primary, and a replica that falls behind or goes away costs no check its answer.
 
-The replica's replay is paused to tell the two apart: a write to the primary is then visible to reserve only."""
+The replica's replay is paused to tell the two apart: a write to the primary is then visible to reserve only, until
+the replica's lag passes DATABASE_READ_MAX_LAG_SECONDS."""
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +22,13 @@ from tests.e2e.procs import start_service
 
 USER = "usr_replica"
 FREE_TOKENS = 100_000
+MAX_LAG = 3.0  # seconds
+
+
+def on_primary(metrics: str, reason: str) -> float:
+    line = next(line for line in metrics.splitlines()
+                if line.startswith(f'billing_replica_reads_on_primary_total{{reason="{reason}"}} '))
+    return float(line.split()[1])
 
 
 async def tokens_used(conn: asyncpg.Connection) -> int | None:
@@ -46,27 +55,45 @@ async def test_checks_read_the_replica_reserves_the_primary_and_a_lost_replica_c
 
         await reset_webhook_consumer(servers.nats_url)
         (tmp_path / "billing").mkdir()
-        billing = start_service("billing", stack_env(servers.nats_url, primary_url, DATABASE_READ_URL=replica_url),
+        billing = start_service("billing", stack_env(servers.nats_url, primary_url, DATABASE_READ_URL=replica_url,
+                                          DATABASE_READ_MAX_LAG_SECONDS=str(MAX_LAG)),
                                 tmp_path / "billing")
         billing.wait_ready()
         client = await BillingClient.connect(servers.nats_url)
         try:
             assert (await client.check(USER)).limits["tokens_per_month"].used == 1000
 
-            # The replica stops replaying: the primary's new count reaches reserve, not check, status or usage.
+            # A fresh write replayed (the lag is measured from the last one), then the replica stops replaying: the
+            # primary's new count reaches reserve, not check or status, until the replica is MAX_LAG behind.
+            fresh = time.monotonic()  # the lag counts from this write's commit, a moment later
+            await primary.execute("UPDATE usage_counters SET used = 1500 WHERE user_id = $1", USER)
+
+            async def replayed() -> bool:
+                return await tokens_used(replica) == 1500
+            await eventually(replayed)
             await replica.execute("SELECT pg_wal_replay_pause()")
             await primary.execute("UPDATE usage_counters SET used = $2 WHERE user_id = $1", USER, FREE_TOKENS - 10)
             check = await client.check(USER, estimated_tokens=500)
-            assert check.allowed and check.limits["tokens_per_month"].used == 1000
-            assert (await client.status(USER)).limits["tokens_per_month"].used == 1000
+            assert check.allowed and check.limits["tokens_per_month"].used == 1500
+            assert (await client.status(USER)).limits["tokens_per_month"].used == 1500
             reserve = await client.reserve(USER, estimated_tokens=500)
             assert not reserve.allowed and reserve.limits["tokens_per_month"].used == FREE_TOKENS - 10
             assert reserve.reservation_id is None
+            assert time.monotonic() - fresh < MAX_LAG  # all of the above was the replica's answer within the bound
+
+            async def from_primary() -> bool:
+                return not (await client.check(USER, estimated_tokens=500)).allowed
+            await eventually(from_primary, timeout=MAX_LAG + 5)  # the replica still paused: too far behind now
+            assert time.monotonic() - fresh >= MAX_LAG
+            lagging = on_primary(httpx.get(f"{billing.url}/metrics", timeout=5, follow_redirects=True).text, "lagging")
+            assert lagging >= 1
 
             await replica.execute("SELECT pg_wal_replay_resume()")
 
-            async def caught_up() -> bool:
-                return not (await client.check(USER, estimated_tokens=500)).allowed
+            async def caught_up() -> bool:  # the replica answers again, with the primary's count
+                check = await client.check(USER, estimated_tokens=500)
+                metrics = httpx.get(f"{billing.url}/metrics", timeout=5, follow_redirects=True).text
+                return not check.allowed and "billing_replica_lag_seconds 0.0" in metrics.splitlines()
             await eventually(caught_up, timeout=10)
 
             # The replica goes away: checks are answered from the primary, and the operator can see it.
@@ -78,9 +105,7 @@ async def test_checks_read_the_replica_reserves_the_primary_and_a_lost_replica_c
                 check = await client.check(USER, timeout=5)
                 assert check.allowed and check.limits["tokens_per_month"].used == 2000
             metrics = httpx.get(f"{billing.url}/metrics", timeout=5, follow_redirects=True).text
-            on_primary = next(line for line in metrics.splitlines()
-                              if line.startswith("billing_replica_reads_on_primary_total "))
-            assert float(on_primary.split()[1]) >= 5
+            assert on_primary(metrics, "unreachable") >= 5
             assert "reads.replica_unavailable" in billing.log.read_text()
         finally:
             await client.close()

@@ -34,7 +34,8 @@ def build(settings: BillingSettings) -> Callable[[Connections], Awaitable[Billin
                               polar=polar.make_client(settings, timeout=POLAR_TIMEOUT),
                               budget=Budget(conns.pool, settings.polar_budget_per_window,
                                             settings.polar_rate_window_seconds),
-                              reads=await Reads.open(conns.pool, settings.database_read_url))
+                              reads=await Reads.open(conns.pool, settings.database_read_url,
+                                                     settings.database_read_max_lag_seconds))
     return runtime
 
 

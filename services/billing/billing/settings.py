@@ -15,8 +15,10 @@ class BillingSettings(ServiceSettings, PolarSettings):
     # PUBLIC_BASE_URL + /webhooks/polar.
     polar_webhook_endpoint_id: str | None = None
     # A streaming replica for the reads of check, status and usage (reserve and every write stay on DATABASE_URL);
-    # unset: they read the primary. While the replica cannot be reached they read the primary.
+    # unset: they read the primary. While the replica cannot be reached, or its replay is behind by more than
+    # DATABASE_READ_MAX_LAG_SECONDS, they read the primary.
     database_read_url: str | None = None
+    database_read_max_lag_seconds: float = Field(5.0, gt=0, le=3600)
 
     @field_validator("database_read_url", mode="before")
     @classmethod

@@ -251,6 +251,15 @@ def test_the_alert_expressions_on_synthetic_series(tmp_path: Path) -> None:
         {"input_series": [*up, _series("usage_ledger_dropped_unsynced_total", US, "0x10 4x30")],
          "alert_rule_test": [_fires("UsageLedgerDroppedUnsynced", "5m"),
                              _fires("UsageLedgerDroppedUnsynced", "20m", {"job": "usage-sync", **warn})]},
+        # Reads sent to the primary for over 10 minutes (a replica down or lagging); a blip of 3 minutes is quiet.
+        {"input_series": [*up, _series("billing_replica_reads_on_primary_total", {**BILLING, "reason": "lagging"},
+                                       "0x5 0+20x30")],
+         "alert_rule_test": [_fires("BillingReadReplicaBypassed", "10m"),
+                             _fires("BillingReadReplicaBypassed", "20m", {"job": "billing", "reason": "lagging",
+                                                                          **warn})]},
+        {"input_series": [*up, _series("billing_replica_reads_on_primary_total", {**BILLING, "reason": "unreachable"},
+                                       "0x5 0+20x3 60x30")],
+         "alert_rule_test": [_fires("BillingReadReplicaBypassed", "20m")]},
         # A service whose /metrics stops answering: down after 2 minutes.
         {"input_series": [_series("up", US, "1x5 0x10"), _series("up", BILLING, "1x15")],
          "alert_rule_test": [_fires("ServiceDown", "6m"), _fires("ServiceDown", "7m"),

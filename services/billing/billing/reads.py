@@ -61,19 +61,22 @@ class Reads:
         """`read` on a replica connection, or on the primary's (it may run twice: it must only read)."""
         reason = "unreachable"
         if self.replica is not None and time.monotonic() >= self._replica_down_until:
-            try:
-                async with self.replica.acquire() as conn:
-                    if time.monotonic() - self._lag_seen_at >= LAG_EVERY:
-                        self._lag_seen_at = time.monotonic()
-                        self.lag = float(await conn.fetchval(LAG_SQL))
-                        LAG.set(self.lag)
-                    if self.lag <= self.max_lag:
-                        return await read(conn)
-                    reason = "lagging"
-            except UNREACHABLE as exc:
-                self._replica_down_until = time.monotonic() + RETRY_AFTER
-                log.warning("reads.replica_unavailable", extra={"error": type(exc).__name__,
-                                                                "retry_in_s": RETRY_AFTER})
+            reason = "lagging"
+            look = time.monotonic() - self._lag_seen_at >= LAG_EVERY
+            if look or self.lag <= self.max_lag:  # known to be behind: no connection until the next look
+                try:
+                    async with self.replica.acquire() as conn:
+                        if look:
+                            self._lag_seen_at = time.monotonic()
+                            self.lag = float(await conn.fetchval(LAG_SQL))
+                            LAG.set(self.lag)
+                        if self.lag <= self.max_lag:
+                            return await read(conn)
+                except UNREACHABLE as exc:
+                    reason = "unreachable"
+                    self._replica_down_until = time.monotonic() + RETRY_AFTER
+                    log.warning("reads.replica_unavailable", extra={"error": type(exc).__name__,
+                                                                    "retry_in_s": RETRY_AFTER})
         if self.replica is not None:
             ON_PRIMARY.labels(reason).inc()
         async with self.primary.acquire() as conn:

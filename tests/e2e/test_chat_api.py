@@ -4,19 +4,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 import pytest_asyncio
-
 from billing.apply_webhook import apply_webhook
 from billing.polar_models import Webhook
-from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from polar_billing_client.client import DEGRADED, BillingClient, BillingError, BillingUnavailable, LimitExceeded
+
+from dev.embedded import EmbeddedNats
+from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from shared.db import connect
 from shared.db.migrate import migrate
-from dev.embedded import EmbeddedNats
 from shared.periods import day_of, month_of
 from shared.plans import PlanCatalog
 from tests.conftest import Servers, drop_database, new_database
@@ -63,7 +63,7 @@ async def subscribe(db: asyncpg.Connection, user_id: str, plan: str = "pro", sta
     payload["data"]["customer"]["external_id"] = user_id
     payload["data"]["product_id"] = PRO_PRODUCT_ID if plan == "pro" else TEAM_PRODUCT_ID
     payload["data"]["status"] = status
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     payload["data"]["current_period_start"] = (now - timedelta(days=3)).isoformat()
     payload["data"]["current_period_end"] = (now + timedelta(days=27)).isoformat()
     await apply_webhook(db, CATALOG, Webhook.parse(f"wh-{uuid.uuid4()}", body_of(payload)))
@@ -71,7 +71,7 @@ async def subscribe(db: asyncpg.Connection, user_id: str, plan: str = "pro", sta
 
 async def use(db: asyncpg.Connection, user_id: str, limit: str, used: int, period: tuple | None = None) -> None:
     """Counters as usage-sync leaves them (usage-sync's own path is tested in test_usage_flow)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     start, end = period or (day_of(now) if limit == "messages_per_day" else month_of(now))
     await db.execute("INSERT INTO usage_counters (user_id, limit_name, period_start, period_end, used) "
                      "VALUES ($1, $2, $3, $4, $5)", user_id, limit, start, end, used)
@@ -83,7 +83,7 @@ async def test_free_user_at_zero_is_allowed_with_free_limits(api) -> None:
     assert d.allowed and d.plan == "free" and d.reason is None and not d.overage
     assert {k: (v.used, v.limit) for k, v in d.limits.items()} == {
         "tokens_per_month": (0, 100_000), "threads_per_month": (0, 50), "messages_per_day": (0, 100)}
-    assert d.limits["tokens_per_month"].resets_at == month_of(datetime.now(timezone.utc))[1]
+    assert d.limits["tokens_per_month"].resets_at == month_of(datetime.now(UTC))[1]
 
 
 @pytest.mark.parametrize(("used", "allowed"), [(99_999, True), (100_000, False), (150_000, False)])
@@ -94,7 +94,7 @@ async def test_free_tokens_just_under_at_and_over_the_cap(api, used: int, allowe
     d = await client.check(u)
     assert d.allowed is allowed
     if not allowed:
-        assert d.reason == "tokens_per_month" and d.resets_at == month_of(datetime.now(timezone.utc))[1]
+        assert d.reason == "tokens_per_month" and d.resets_at == month_of(datetime.now(UTC))[1]
         with pytest.raises(LimitExceeded) as exc:
             await client.require(u)
         assert exc.value.limit == "tokens_per_month"
@@ -116,13 +116,13 @@ async def test_free_messages_per_day(api, used: int, allowed: bool) -> None:
     d = await client.check(u)
     assert d.allowed is allowed
     if not allowed:
-        assert d.reason == "messages_per_day" and d.resets_at == day_of(datetime.now(timezone.utc))[1]
+        assert d.reason == "messages_per_day" and d.resets_at == day_of(datetime.now(UTC))[1]
 
 
 async def test_free_threads_count_new_threads_only(api) -> None:
     client, db, *_ = api
     u = user()
-    start, end = month_of(datetime.now(timezone.utc))
+    start, end = month_of(datetime.now(UTC))
     await use(db, u, "threads_per_month", 50)
     await db.execute("INSERT INTO usage_threads (user_id, period_start, thread_id) VALUES ($1, $2, 'old')", u, start)
     assert (await client.check(u, thread_id="old")).allowed  # a message in an existing thread
@@ -234,7 +234,7 @@ async def test_checkout_and_portal_through_polar(api) -> None:
     assert exc.value.code == "no_customer"
     admin(emulator, "POST", f"checkouts/{link.checkout_id}/complete")
     portal = await client.portal_url(u, return_url="http://chat.example/settings")
-    assert "customer_session_token=" in portal.url and portal.expires_at > datetime.now(timezone.utc)
+    assert "customer_session_token=" in portal.url and portal.expires_at > datetime.now(UTC)
     checkout = admin(emulator, "GET", "events").json()  # the emulator saw our success and return URLs
     assert checkout is not None
 

@@ -95,13 +95,19 @@ class Webhook:
     @classmethod
     def parse(cls, webhook_id: str, body: bytes | str | dict[str, Any]) -> Webhook:
         """Raises `Invalid` (dead-lettered at once) when the body is not a webhook envelope."""
+        if isinstance(body, bytes):
+            try:
+                body = body.decode()  # once, for json.loads and the U+0000 look below
+            except UnicodeDecodeError:
+                pass  # another encoding json.loads accepts: parsed from the bytes, looked at the slow way
         try:
             raw = redact(body) if isinstance(body, dict) else json.loads(body, object_hook=_redacted)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             raise Invalid("body is not JSON") from exc
         if not isinstance(raw, dict):
             raise Invalid("body is not a JSON object")
-        nul = _may_hold_nul(body)
+        # JSON text can only write U+0000 as an escape: a body without one holds none.
+        nul = not isinstance(body, str) or _NUL_ESCAPE in body
         try:
             # The rows get text without U+0000 (PostgreSQL cannot hold it); the log row says so (apply_webhook).
             return cls(webhook_id, raw, Envelope.model_validate(without_nul(raw) if nul else raw), nul)
@@ -231,16 +237,6 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return _text(value)
     return value
-
-
-def _may_hold_nul(body: bytes | str | dict[str, Any]) -> bool:
-    """JSON text can only write U+0000 as an escape: a UTF-8 body without one holds none."""
-    if isinstance(body, bytes):
-        try:
-            body = body.decode()
-        except UnicodeDecodeError:  # another encoding json.loads accepts: look the slow way
-            return True
-    return not isinstance(body, str) or _NUL_ESCAPE in body
 
 
 def _redacted(obj: dict[str, Any]) -> dict[str, Any]:

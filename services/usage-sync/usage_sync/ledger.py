@@ -22,7 +22,7 @@ from . import repository as repo
 log = logging.getLogger(__name__)
 DEFAULT_PRICES = PriceCatalog.load()
 # Each plan's limits, for the crossings the batch's statement records (0 or absent: unlimited).
-LIMITS = repo.PlanLimits([(plan.value, name.value, PLANS[plan].limit(name) or 0) for plan in PLANS for name in LimitName])
+LIMITS = [(plan.value, name.value, PLANS[plan].limit(name) or 0) for plan in PLANS for name in LimitName]
 
 
 @dataclass

@@ -36,12 +36,6 @@ _ROLLED = "count(*), sum(i), sum(o), sum(c), sum(b), sum(coalesce(cost, 0)), cou
 
 
 @dataclass(frozen=True)
-class PlanLimits:
-    """(plan, limit name, limit: 0 for unlimited) of every plan, as the batch statement's threshold check reads them."""
-    rows: list[tuple[str, str, int]]
-
-
-@dataclass(frozen=True)
 class Written:
     duplicates: list[str]  # ids already recorded (redelivered or republished): nothing of theirs was written
     settled: int  # reservations settled
@@ -130,10 +124,11 @@ SELECT ARRAY(SELECT id FROM batch WHERE id NOT IN (SELECT event_id FROM fresh)) 
 
 
 async def record_batch(conn: asyncpg.Connection, rows: Sequence[tuple], periods: Sequence[Period],
-                       plans: dict[str, str], limits: PlanLimits) -> Written:
+                       plans: dict[str, str], limits: Sequence[tuple[str, str, int]]) -> Written:
     """rows: (event_id, user_id, thread_id, model, input, output, cached, custom_key, billable, reservation_id,
     occurred_at, cost_micro_usd, price_version, period (1-based index into `periods`), thread already stored), one
-    per distinct event id, sorted by id. `plans`: the plan of each paid user (others are on Free).
+    per distinct event id, sorted by id. `plans`: the plan of each paid user (others are on Free). `limits`: (plan,
+    limit name, limit: 0 for unlimited) of every plan, for the threshold crossings.
 
     The ledger's own key holds occurred_at (its partition key), so it cannot tell a repeat whose occurred_at differs:
     usage_event_ids, keyed by the id alone, decides."""
@@ -141,7 +136,7 @@ async def record_batch(conn: asyncpg.Connection, rows: Sequence[tuple], periods:
     users = sorted(plans)
     row = await conn.fetchrow(
         _RECORD_BATCH, *cols, [p[0] for p in periods], [p[1] for p in periods],
-        users, [plans[u] for u in users], *(list(c) for c in zip(*limits.rows, strict=True)))
+        users, [plans[u] for u in users], *(list(c) for c in zip(*limits, strict=True)))
     return Written(duplicates=row["duplicates"], settled=row["settled"], crossings=row["crossings"])
 
 

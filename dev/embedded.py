@@ -32,10 +32,24 @@ class EmbeddedError(RuntimeError):
     pass
 
 
+class PortTaken(EmbeddedError):
+    """A server could not bind a port picked for it: another process took it after the pick."""
+
+
+# Every port free_port has handed out in this process. The kernel may give a just-closed port 0 binding the same
+# number again, and two servers picked one after the other (a cluster's route and client ports) must not share one.
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_free(port: int, host: str = HOST) -> bool:
@@ -51,7 +65,8 @@ def _wait_tcp(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EmbeddedError(f"{what} exited with code {proc.returncode}; its log: {log}\n{_tail(log)}")
+            raise (PortTaken if "address already in use" in _tail(log) else EmbeddedError)(
+                f"{what} exited with code {proc.returncode}; its log: {log}\n{_tail(log)}")
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
                 return
@@ -181,12 +196,16 @@ class EmbeddedNatsCluster:
         if size < 1:
             raise EmbeddedError("a cluster has at least one node")
         self.data_dir = Path(data_dir)
-        route_ports = tuple(free_port() for _ in range(size))
-        client_ports = ports or [free_port() for _ in range(size)]
-        self.nodes = [
-            EmbeddedNats(self.data_dir / f"n{i + 1}", client_ports[i], sync_always=sync_always,
-                         cluster=ClusterNode(f"n{i + 1}", name, route_ports[i], free_port(), route_ports))
-            for i in range(size)
+        self.size, self.sync_always, self.name, self.client_ports = size, sync_always, name, ports
+        self.nodes = self._nodes()
+
+    def _nodes(self) -> list[EmbeddedNats]:
+        route_ports = tuple(free_port() for _ in range(self.size))
+        client_ports = self.client_ports or [free_port() for _ in range(self.size)]
+        return [
+            EmbeddedNats(self.data_dir / f"n{i + 1}", client_ports[i], sync_always=self.sync_always,
+                         cluster=ClusterNode(f"n{i + 1}", self.name, route_ports[i], free_port(), route_ports))
+            for i in range(self.size)
         ]
 
     @property
@@ -195,20 +214,39 @@ class EmbeddedNatsCluster:
         return ",".join(n.url for n in self.nodes)
 
     def start(self, timeout: float = 60.0) -> str:
-        try:
-            for node in self.nodes:
-                node.start()
-            self.wait_healthy(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self.url
+        fresh = not self.data_dir.exists()
+        for attempt in range(3):
+            try:
+                for node in self.nodes:
+                    node.start()
+                self.wait_healthy(timeout, self.nodes)
+                return self.url
+            except PortTaken:
+                self.stop()
+                # Another process took one of the ports between our pick and the bind. A new cluster starts again
+                # on new ports; one with data (make run's) keeps its ports and reports the collision.
+                if not fresh or self.client_ports or attempt == 2:
+                    raise
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self.nodes = self._nodes()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
-    def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Until every running node says JetStream is current: a meta leader is elected and it has caught up."""
+    def wait_healthy(self, timeout: float = 60.0, nodes: list[EmbeddedNats] | None = None) -> None:
+        """Until every running node says JetStream is current: a meta leader is elected and it has caught up.
+        One of `nodes` (by default those running now) that exits meanwhile fails this at once, with its log's end."""
+        watched = nodes if nodes is not None else [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(n.healthy() for n in self.nodes if n.proc is not None and n.proc.poll() is None):
+            for n in watched:
+                if n.proc is None or n.proc.poll() is not None:
+                    code = n.proc.returncode if n.proc else None
+                    raise (PortTaken if "address already in use" in _tail(n.log) else EmbeddedError)(
+                        f"NATS cluster node {n.cluster and n.cluster.server_name} exited with code {code}; "
+                        f"its log: {n.log}\n{_tail(n.log)}")
+            if all(n.healthy() for n in watched):
                 return
             time.sleep(0.1)
         late = [n.cluster.server_name for n in self.nodes if n.cluster and not n.healthy()]

@@ -32,7 +32,7 @@ test: $(STAMP) browser lint
 
 # ruff and mypy, configured in pyproject.toml; both must be clean.
 lint: $(STAMP)
-	$(BIN)/ruff check services shared dev clients polar_emulator ops
+	$(BIN)/ruff check services shared dev clients polar_emulator ops tests bench
 	$(BIN)/mypy
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is not used), the alert tests Debian's

@@ -122,7 +122,7 @@ async def test_free_messages_per_day(api, used: int, allowed: bool) -> None:
 async def test_free_threads_count_new_threads_only(api) -> None:
     client, db, *_ = api
     u = user()
-    start, end = month_of(datetime.now(UTC))
+    start, _end = month_of(datetime.now(UTC))
     await use(db, u, "threads_per_month", 50)
     await db.execute("INSERT INTO usage_threads (user_id, period_start, thread_id) VALUES ($1, $2, 'old')", u, start)
     assert (await client.check(u, thread_id="old")).allowed  # a message in an existing thread
@@ -225,7 +225,7 @@ async def test_status_of_an_unknown_user_is_free_with_zero_usage(api) -> None:
 
 
 async def test_checkout_and_portal_through_polar(api) -> None:
-    client, db, emulator, _ = api
+    client, _db, emulator, _ = api
     u = user()
     link = await client.checkout_url(u, "pro")
     assert link.url.startswith(emulator.url) and link.checkout_id

@@ -3,8 +3,6 @@ POLAR_WEBHOOKS, is killed (SIGKILL) mid-stream and brought back; nothing is lost
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 
 import httpx
 import nats
@@ -32,7 +30,6 @@ from tests.support.cluster import (
     webhooks_settled,
     with_duplicates,
 )
-from tests.integration.test_compose_render import _project, _run, compose_bin  # noqa: F401 - compose_bin: fixture
 from tests.support.emulator import start_emulator
 
 USERS = [f"usr_cl{i}" for i in range(40)]
@@ -106,27 +103,3 @@ async def test_killing_the_usage_then_the_webhook_stream_leader_loses_and_double
             await client.close()
             await nc.close()
             emulator.stop_or_kill()
-
-
-def test_compose_cluster_override_renders_three_routed_nodes_and_r3_services(compose_bin: str, tmp_path) -> None:
-    """`docker compose -f docker-compose.yml -f deploy/compose.cluster.yml config`, as test_compose_render does."""
-    project = _project(tmp_path / "polar-billing")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(project)}
-    done = _run([compose_bin, "-f", "docker-compose.yml", "-f", "deploy/compose.cluster.yml", "config",
-                 "--format", "json"], cwd=project, env=env)
-    assert done.returncode == 0, done.stderr
-    services = json.loads(done.stdout)["services"]
-    nodes = {name: services[name] for name in ("nats", "nats-2", "nats-3")}
-    names = {n: svc["command"][svc["command"].index("--server_name") + 1] for n, svc in nodes.items()}
-    assert names == {"nats": "nats-1", "nats-2": "nats-2", "nats-3": "nats-3"}
-    for svc in nodes.values():
-        routes = svc["command"][svc["command"].index("--routes") + 1].split(",")
-        assert sorted(routes) == sorted(f"nats-route://{n}:6222" for n in nodes)
-        volumes = {v["target"]: v["source"] for v in svc["volumes"]}
-        assert volumes["/etc/nats/nats.conf"] == str(project / "deploy/nats.conf")
-    assert len({nodes[n]["volumes"][-1]["source"] for n in nodes}) == 3  # a data volume each
-    for name in ("ingress", "billing", "usage-sync"):
-        env_ = services[name]["environment"]
-        assert topology.servers(env_["NATS_URL"]) == [f"nats://{n}:4222" for n in ("nats", "nats-2", "nats-3")]
-        assert env_["NATS_STREAM_REPLICAS"] == "3" and env_["DATABASE_URL"].startswith("postgresql://")
-        assert set(services[name]["depends_on"]) == {"nats", "nats-2", "nats-3", "postgres"}

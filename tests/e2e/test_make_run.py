@@ -70,7 +70,7 @@ def test_make_run_starts_the_stack_and_ctrl_c_stops_it_within_10s_without_orphan
             stack.kill()
     assert code == 0, log.read_text()
     assert took < 10
-    gone, alive = psutil.wait_procs(family, timeout=1)
+    _gone, alive = psutil.wait_procs(family, timeout=1)
     assert alive == [], [p.cmdline() for p in alive]
     # A restart keeps state: the secret and the database are where they were.
     assert (tmp_path / "data" / "webhook_secret").exists() and (tmp_path / "data" / "postgres" / "pgdata").exists()

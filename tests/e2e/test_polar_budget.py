@@ -9,8 +9,8 @@ import uuid
 from collections import Counter
 
 import pytest
-
 from polar_billing_client.client import BillingError
+
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from tests.conftest import Servers
 from tests.e2e.procs import start_service

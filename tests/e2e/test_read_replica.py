@@ -17,8 +17,8 @@ from dev.embedded import EmbeddedPostgres
 from shared.db.migrate import migrate
 from shared.periods import month_of
 from tests.conftest import Servers
-from tests.e2e.stack import eventually, reset_webhook_consumer, stack_env
 from tests.e2e.procs import start_service
+from tests.e2e.stack import eventually, reset_webhook_consumer, stack_env
 
 USER = "usr_replica"
 FREE_TOKENS = 100_000

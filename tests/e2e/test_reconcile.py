@@ -19,9 +19,9 @@ import asyncpg
 import httpx
 import nats
 import pytest
+from polar_billing_client.client import BillingClient
 
 from dev.embedded import free_port
-from polar_billing_client.client import BillingClient
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID, EmulatorSettings
 from shared.db import connect
 from shared.db.migrate import migrate
@@ -110,7 +110,7 @@ async def org(servers: Servers, tmp_path: Path) -> AsyncIterator[Org]:
 
 def cli(org: Org, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**base_env(NATS_URL=org.env["NATS_URL"], DATABASE_URL=org.db_url), "STACK_DATA_DIR": str(org.dir)}
-    return subprocess.run([sys.executable, "-m", "ops.cli", "reconcile", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ops.cli", "reconcile", *args], env=env, check=False, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-
-from polar_billing_client.client import BillingClient
 from billing import analytics, repository
+from polar_billing_client.client import BillingClient
 from polar_billing_client.contracts import UsageEvent, UsageReport
+from usage_sync import ledger
+
 from shared.db import connect
 from shared.db.migrate import migrate
 from shared.prices import PriceCatalog
 from tests.conftest import Servers, drop_database, new_database
 from tests.e2e.procs import base_env, start_service
-from usage_sync import ledger
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 MODELS = ["gpt-4o", "claude-3-5-haiku-latest", "gemini-2.5-flash", "my-own-finetune"]  # the last has no price

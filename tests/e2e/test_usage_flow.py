@@ -69,7 +69,7 @@ async def test_ten_thousand_events_published_up_to_three_times_shuffled_are_coun
 async def test_bad_messages_are_dead_lettered_with_their_reason_and_the_rest_of_the_batch_is_kept(
     usage, servers: Servers, tmp_path
 ) -> None:
-    emulator, env, client, db = usage
+    _emulator, env, client, db = usage
     svc = start_usage_sync(env, tmp_path / "us")
     good = make_events(50, USERS, tag="g")
     js = client.js
@@ -106,7 +106,7 @@ async def test_bad_messages_are_dead_lettered_with_their_reason_and_the_rest_of_
 
 
 async def test_usage_crossing_80_and_100_percent_publishes_one_event_each(usage, servers: Servers, tmp_path) -> None:
-    emulator, env, client, db = usage
+    _emulator, env, client, db = usage
     start_usage_sync(env, tmp_path / "us")
     u = f"usr_thr_{random.randint(0, 10**9)}"
     events = make_events(60, [u], tag=f"thr{u}")

@@ -5,12 +5,12 @@ import asyncio
 from collections import Counter
 
 import nats.errors
-
 from polar_billing_client.client import BillingClient
 from polar_billing_client.contracts import UsageEvent
+
+from dev.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.db import connect
 from shared.db.migrate import migrate
-from dev.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.e2e.stack import eventually
 from tests.e2e.usage_stack import make_events, start_usage_sync, stop_all, usage_env
 from tests.support.emulator import admin, start_emulator
@@ -23,7 +23,7 @@ async def publish_with_retries(client: BillingClient, events: list[UsageEvent]) 
             try:
                 await client.publish_usage(e)
                 break
-            except (nats.errors.Error, asyncio.TimeoutError, OSError):
+            except (TimeoutError, nats.errors.Error, OSError):
                 await asyncio.sleep(0.2)
 
 

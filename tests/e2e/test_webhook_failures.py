@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
-from shared.db import connect
 from dev.embedded import EmbeddedNats
+from shared.db import connect
 from tests.conftest import Servers
 from tests.e2e.procs import start_service
 from tests.e2e.stack import eventually, post_webhook, reset_webhook_consumer, stack_env, start_billing

@@ -35,7 +35,7 @@ async def stack(servers: Servers, database_url: str, tmp_path) -> AsyncIterator[
 
 
 async def test_a_subscription_lifecycle_through_the_edge_ends_in_the_right_rows_and_events(stack, servers) -> None:
-    ingress, billing, db, _ = stack
+    ingress, _billing, db, _ = stack
     events = lifecycle("e2e")
     for webhook_id, payload in events:
         assert post_webhook(ingress, payload, webhook_id).status_code == 202
@@ -71,7 +71,7 @@ async def test_a_subscription_lifecycle_through_the_edge_ends_in_the_right_rows_
 
 
 async def test_a_webhook_that_keeps_failing_is_dead_lettered_logged_and_replayable(stack, servers) -> None:
-    ingress, billing, db, env = stack
+    ingress, _billing, db, env = stack
     # A fault in applying (here: the database refuses this one subscription) that an operator can fix.
     await db.execute("""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
                         $$ BEGIN RAISE EXCEPTION 'injected fault for %', NEW.id; END $$""")
@@ -105,7 +105,7 @@ async def test_a_webhook_that_keeps_failing_is_dead_lettered_logged_and_replayab
 
     await db.execute("DROP TRIGGER refuse ON subscriptions")
     res = subprocess.run([sys.executable, "-m", "ops.cli", "webhooks", "replay", "--failed", "--json"], env=env,
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+                         cwd=ROOT, check=False, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert {"webhook_id": "wh-poison", "outcome": "applied", "detail": None} in json.loads(res.stdout)
     assert await db.fetchval("SELECT status FROM webhook_log WHERE webhook_id = 'wh-poison'") == "applied"
@@ -113,7 +113,7 @@ async def test_a_webhook_that_keeps_failing_is_dead_lettered_logged_and_replayab
 
 
 async def test_a_signed_but_malformed_event_is_dead_lettered_at_once(stack) -> None:
-    ingress, billing, db, _ = stack
+    ingress, _billing, db, _ = stack
     bad = {"type": "subscription.updated", "timestamp": "2026-09-01T12:00:00Z", "data": {"id": "sub_x"}}
     assert post_webhook(ingress, bad, "wh-malformed").status_code == 202
 
@@ -126,7 +126,7 @@ async def test_a_signed_but_malformed_event_is_dead_lettered_at_once(stack) -> N
 
 
 async def test_text_the_database_cannot_hold_is_stored_replaced_and_said_so(stack) -> None:
-    ingress, billing, db, _ = stack
+    ingress, _billing, db, _ = stack
     # PostgreSQL's text and jsonb cannot hold U+0000. In a customer name (which billing does not store) and in a user
     # id, the webhook is still applied: the text is stored with U+FFFD in its place, a user id that held one maps to
     # no user (no client of ours can send it), and the log row says so. Nothing waits behind it.

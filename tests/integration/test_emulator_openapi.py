@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -45,7 +45,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProces
 def test_every_operation_answers_in_its_documented_shape(emulator) -> None:
     u = f"usr_{uuid.uuid4().hex[:8]}"
     base = emulator.url
-    ts = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+    ts = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     with httpx.Client(base_url=base, headers=H, timeout=10) as c:
         calls = [
             ("/v1/events/ingest", "post", c.post("/v1/events/ingest", json={"events": [

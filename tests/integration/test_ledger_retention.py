@@ -7,19 +7,19 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
-from nats.aio.msg import Msg
-
 from billing import repository as billing_repo
 from billing.apply_webhook import apply_webhook
 from billing.limits import UserState, evaluate
 from billing.polar_models import Webhook
+from nats.aio.msg import Msg
 from polar_billing_client.contracts import CheckRequest, UsageEvent
+from usage_sync import handlers, ledger, retention
+from usage_sync import repository as repo
+
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from shared.messaging.consume import Invalid
 from shared.plans import PlanCatalog
 from tests.support.webhooks import body_of, example, retarget
-from usage_sync import handlers, ledger, retention
-from usage_sync import repository as repo
 
 CATALOG = PlanCatalog(PRO_PRODUCT_ID, TEAM_PRODUCT_ID)
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)  # the injected clock: mid-April 2026

@@ -4,15 +4,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from polar import PolarClientError, PolarNetworkError, PolarServerError
 from polar.base import PolarRateLimitError
 from polar.v2026_10 import PolarAsync
 from polar.v2026_10 import errors as polar_errors
 from polar.v2026_10.webhooks import validate_event
-from polar import PolarClientError, PolarNetworkError, PolarServerError
 from standardwebhooks import Webhook
 
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID, TOKENS_METER_ID
@@ -39,7 +39,7 @@ def sdk(emulator: ServiceProcess, token: str = TOKEN, timeout: float = 5.0) -> P
 
 
 def usage(external_id: str | None, user: str = "u1", tokens: int = 10, **extra) -> dict:
-    ts = (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat()
+    ts = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
     event = {"name": "ai_usage", "external_customer_id": user, "timestamp": ts,
              "metadata": {"total_tokens": tokens, "model": "gpt-4o"}, **extra}
     if external_id is not None:
@@ -65,7 +65,7 @@ async def test_ingest_deduplicates_across_and_within_batches_forever(emulator) -
     [
         ({"name": "x" * 129}, ["name"], "string_too_long"),
         ({"timestamp": "2026-01-01T00:00:00"}, ["timestamp"], "timezone_aware"),
-        ({"timestamp": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}, ["timestamp"], "value_error"),
+        ({"timestamp": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, ["timestamp"], "value_error"),
         ({"metadata": {"model": ""}}, ["metadata", "model"], None),
         ({"metadata": {"_llm": {"vendor": "openai"}}}, ["metadata", "_llm"], None),
         ({"metadata": {"_cost": {"amount": "1.5", "currency": "eur"}}}, ["metadata", "_cost"], None),
@@ -161,8 +161,8 @@ async def test_checkout_session_and_customer_reads_through_the_sdk(emulator) -> 
             success_url="http://127.0.0.1:8000/subscription/success?checkout_id={CHECKOUT_ID}")
         assert checkout.status == "open" and checkout.url.startswith(emulator.url)
         assert checkout.external_customer_id == user and checkout.client_secret.startswith("polar_c_")
-        expires = datetime.fromisoformat(checkout.expires_at.replace("Z", "+00:00"))
-        assert timedelta(hours=23, minutes=59) < expires - datetime.now(timezone.utc) <= timedelta(hours=24)
+        expires = datetime.fromisoformat(checkout.expires_at)
+        assert timedelta(hours=23, minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=24)
         with pytest.raises(polar_errors.HTTPValidationError) as exc:
             await polar.customer_sessions.create(external_customer_id=user)
         assert exc.value.error.detail[0].msg == "Customer does not exist."
@@ -229,7 +229,7 @@ async def test_failed_deliveries_are_retried_with_the_same_id_and_a_fresh_timest
         log = admin(emulator, "GET", "webhooks", params={"wait": 10}).json()["webhooks"]
     first = rx.received[:3]
     assert len({r.headers["webhook-id"] for r in first}) == 1 and len({r.body for r in first}) == 1
-    mine = [w for w in log if w["id"] == first[0].headers["webhook-id"]][0]
+    mine = next(w for w in log if w["id"] == first[0].headers["webhook-id"])
     assert [a["status"] for a in mine["attempts"]] == [500, 500, 202] and mine["succeeded"] is True
     assert "benefit_grant.created" not in [r.json["type"] for r in rx.received]  # Team has no included credits
 

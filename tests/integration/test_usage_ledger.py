@@ -3,24 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
-
-from billing.limits import UserState, evaluate
 from billing import repository as billing_repo
 from billing.apply_webhook import apply_webhook
+from billing.limits import UserState, evaluate
 from billing.polar_models import Webhook
-from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from polar_billing_client.contracts import CheckRequest, UsageEvent
+from usage_sync import ledger
+
+from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from shared.db import create_pool
 from shared.periods import day_of, month_of
 from shared.plans import PlanCatalog
 from tests.support.webhooks import body_of, example, retarget
-from usage_sync import ledger
 
 CATALOG = PlanCatalog(PRO_PRODUCT_ID, TEAM_PRODUCT_ID)
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def ev(user: str, tokens: int, *, thread: str = "t1", custom_key: bool = False, reservation: str | None = None,
@@ -96,9 +96,9 @@ async def test_messages_count_in_the_events_utc_day_whatever_its_offset(db: asyn
     plus = timezone(timedelta(hours=5, minutes=30))
     minus = timezone(timedelta(hours=-7))
     events = [ev("u6", 10, at=datetime(2026, 3, 1, 4, 0, tzinfo=plus)),  # 2026-02-28 22:30 UTC
-              ev("u6", 10, at=datetime(2026, 2, 28, 23, 59, 59, 999999, tzinfo=timezone.utc)),
+              ev("u6", 10, at=datetime(2026, 2, 28, 23, 59, 59, 999999, tzinfo=UTC)),
               ev("u6", 10, at=datetime(2026, 2, 28, 17, 0, tzinfo=minus)),  # 2026-03-01 00:00 UTC
-              ev("u6", 10, at=datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc))]
+              ev("u6", 10, at=datetime(2026, 3, 1, 0, 0, tzinfo=UTC))]
     await ledger.record(db, events)
     rows = await db.fetch("SELECT period_start, period_end, used FROM usage_counters "
                           "WHERE user_id='u6' AND limit_name='messages_per_day' ORDER BY 1")

@@ -3,24 +3,24 @@ checks and by usage-sync's counters. They used to be three queries with differen
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-
 from billing import repository as billing_repo
 from billing.apply_webhook import apply_webhook
 from billing.limits import UserState, evaluate
 from billing.polar_models import Webhook
 from polar_billing_client.contracts import CheckRequest, UsageEvent
+from usage_sync import ledger
+
 from polar_emulator.config import PRO_PRODUCT_ID, TEAM_PRODUCT_ID
 from shared.periods import month_of
 from shared.plans import ENTITLED_STATUSES, PlanCatalog
 from tests.support.webhooks import body_of, example, retarget
-from usage_sync import ledger
 
 CATALOG = PlanCatalog(PRO_PRODUCT_ID, TEAM_PRODUCT_ID)
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 # Every status Polar's document lists for a subscription.
 STATUSES = ("incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled", "unpaid", "paused")
 

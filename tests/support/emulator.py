@@ -86,7 +86,7 @@ def webhook_receiver() -> Iterator[Receiver]:
     receiver = Receiver(f"http://127.0.0.1:{port}/webhooks/polar")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             receiver.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body))
             failing = receiver.fail_first > 0 or receiver.failing

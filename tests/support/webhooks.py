@@ -5,7 +5,7 @@ import copy
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def sign(secret: str, body: bytes, webhook_id: str | None = None, ts: float | No
     webhook_id = webhook_id or f"wh_{uuid.uuid4().hex}"
     ts = time.time() if ts is None else ts
     key = Webhook(secret) if scheme == "standard" else Webhook(secret.encode())
-    signature = key.sign(webhook_id, datetime.fromtimestamp(ts, timezone.utc), body.decode())
+    signature = key.sign(webhook_id, datetime.fromtimestamp(ts, UTC), body.decode())
     return {"webhook-id": webhook_id, "webhook-timestamp": str(int(ts)), "webhook-signature": signature,
             "content-type": "application/json", "user-agent": "polar.sh webhooks"}
 

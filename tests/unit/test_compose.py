@@ -36,7 +36,7 @@ def test_env_example_lists_every_setting_the_services_read() -> None:
     from ingress.settings import IngressSettings
     from usage_sync.settings import UsageSyncSettings
 
-    listed = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    listed = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     fields = {f.upper() for cls in (IngressSettings, BillingSettings, UsageSyncSettings) for f in cls.model_fields}
     assert fields <= listed, fields - listed
 

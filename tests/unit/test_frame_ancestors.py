@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from ingress.pages import SecurityHeaders
+from ingress.settings import IngressSettings
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
-
-from ingress.pages import SecurityHeaders
-from ingress.settings import IngressSettings
 
 
 def settings(value: str) -> IngressSettings:

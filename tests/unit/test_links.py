@@ -1,5 +1,4 @@
 import pytest
-
 from polar_billing_client import links
 
 SECRET = "page-secret-0123456789"
@@ -13,7 +12,7 @@ def test_a_signed_token_names_its_user_until_it_expires() -> None:
 
 
 def test_a_tampered_user_id_is_refused() -> None:
-    user, expires, mac = links.sign(SECRET, "usr_1", now=1_000_000).split(".")
+    _user, expires, mac = links.sign(SECRET, "usr_1", now=1_000_000).split(".")
     other = links._b64(b"usr_2")
     with pytest.raises(links.BadToken, match="signature"):
         links.verify(SECRET, f"{other}.{expires}.{mac}", now=1_000_000)

@@ -90,7 +90,7 @@ def test_the_ledgers_per_batch_periods_equal_the_direct_computation_for_every_ev
     from usage_sync.ledger import Periods
 
     rng = random.Random(7)
-    base = datetime(2026, 1, 31, 23, 0, tzinfo=timezone.utc)
+    base = datetime(2026, 1, 31, 23, 0, tzinfo=UTC)
     sub_start = base - timedelta(days=20, minutes=17)
     paid = {"paid": ("pro", (sub_start, sub_start + timedelta(days=30))), "odd": ("pro", (base, base))}
     periods = Periods(paid)

@@ -1,9 +1,9 @@
 import pytest
-
 from billing.settings import BillingSettings
 from ingress.settings import IngressSettings
-from shared.settings import describe_error, polar_base_url
 from pydantic import ValidationError
+
+from shared.settings import describe_error, polar_base_url
 
 BASE = {"NATS_URL": "nats://127.0.0.1:4222", "DATABASE_URL": "postgresql://u@127.0.0.1/db"}
 

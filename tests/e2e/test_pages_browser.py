@@ -227,10 +227,10 @@ def days_this_month(today: date) -> list[date]:
 async def track(client: BillingClient, user: str, spec: list[tuple[date, str, str, int]]) -> dict[str, int]:
     """Each (day, model, thread, tokens) as one usage event at noon UTC that day (or now, for today); the sums."""
     now = datetime.now(UTC)
+    # Today's events a few seconds back, but never before its midnight: the chart and the limits are today's.
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     sums: dict[str, int] = defaultdict(int)
     for i, (day, model, thread, tokens) in enumerate(spec):
-        # Today's events a few seconds back, but never before its midnight: the chart and the limits are today's.
-        midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
         at = max(midnight, now - timedelta(seconds=len(spec) - i)) if day == now.date() else datetime(
             day.year, day.month, day.day, 12, tzinfo=UTC)
         inp = tokens * 2 // 3

@@ -55,7 +55,8 @@ def make_events(n: int, users: Sequence[str], seed: int = 7, tag: str = "") -> l
         UsageEvent(event_id=f"ev-{tag}{i}", user_id=rng.choice(users), thread_id=f"th-{rng.randint(1, 40)}",
                    model=rng.choice(["gpt-4o", "claude-3-5-haiku-latest"]), input_tokens=rng.randint(0, 2000),
                    output_tokens=rng.randint(0, 800), cached_input_tokens=rng.randint(0, 100),
-                   custom_key=rng.random() < 0.1, occurred_at=max(midnight, now - timedelta(seconds=rng.randint(5, 600))))
+                   custom_key=rng.random() < 0.1,
+                   occurred_at=max(midnight, now - timedelta(seconds=rng.randint(5, 600))))
         for i in range(n)
     ]
 

@@ -65,14 +65,20 @@ def _wait_tcp(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise (PortTaken if "address already in use" in _tail(log) else EmbeddedError)(
-                f"{what} exited with code {proc.returncode}; its log: {log}\n{_tail(log)}")
+            raise _exited(what, proc.returncode, log)
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
     raise EmbeddedError(f"{what} did not listen on {HOST}:{port} within {timeout:.0f}s; its log: {log}\n{_tail(log)}")
+
+
+def _exited(what: str, code: int | None, log: Path) -> EmbeddedError:
+    """A server that stopped on its own; PortTaken when it could not bind its port."""
+    tail = _tail(log)
+    return (PortTaken if "address already in use" in tail else EmbeddedError)(
+        f"{what} exited with code {code}; its log: {log}\n{tail}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -242,10 +248,8 @@ class EmbeddedNatsCluster:
         while time.monotonic() < deadline:
             for n in watched:
                 if n.proc is None or n.proc.poll() is not None:
-                    code = n.proc.returncode if n.proc else None
-                    raise (PortTaken if "address already in use" in _tail(n.log) else EmbeddedError)(
-                        f"NATS cluster node {n.cluster and n.cluster.server_name} exited with code {code}; "
-                        f"its log: {n.log}\n{_tail(n.log)}")
+                    raise _exited(f"NATS cluster node {n.cluster and n.cluster.server_name}",
+                                  n.proc.returncode if n.proc else None, n.log)
             if all(n.healthy() for n in watched):
                 return
             time.sleep(0.1)
